@@ -1,0 +1,137 @@
+"""Command line: ``stgcma-fast demo`` (more subcommands come with the data and task modules)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .config import PRESETS, STGCMAConfig
+from .model import FastSTGCMA
+from .modules import AVEHead
+
+# A CLIP-shaped ViT (QuickGELU, pre-norm, 16 x 16 patches, class token) small enough to train on a laptop CPU.
+CPU_DEMO_BACKBONE = {"img_size": 112, "embed_dim": 192, "depth": 4, "num_heads": 3}
+
+
+def _demo_config(args: argparse.Namespace, device: torch.device) -> STGCMAConfig:
+    full = args.size == "full" or (args.size == "auto" and device.type == "cuda")
+    overrides = {"num_frames": args.frames}
+    if not full:
+        overrides["backbone_kwargs"] = CPU_DEMO_BACKBONE
+    return STGCMAConfig.preset(args.preset, **overrides)
+
+
+def _synthetic_batches(cfg: STGCMAConfig, img_size: int, batch: int, n: int, num_classes: int,
+                       device: torch.device, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Clips whose every second carries a class-specific visual pattern and sound pattern under noise."""
+    g = torch.Generator().manual_seed(seed)
+    M, (T, F_) = cfg.num_frames, cfg.audio_size
+    v_patterns = torch.randn(num_classes, 3, img_size, img_size, generator=g)
+    a_patterns = torch.randn(num_classes, T, F_, generator=g)
+    batches = []
+    for _ in range(n):
+        labels = torch.randint(0, num_classes, (batch, M), generator=g)
+        video = v_patterns[labels] + 0.5 * torch.randn(batch, M, 3, img_size, img_size, generator=g)
+        audio = a_patterns[labels] + 0.5 * torch.randn(batch, M, T, F_, generator=g)
+        batches.append((video.to(device), audio.to(device), labels.to(device)))
+    return batches
+
+
+def demo(args: argparse.Namespace) -> int:
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    cfg = _demo_config(args, device)
+    num_classes = 29
+    model = FastSTGCMA(cfg, pretrained=False, head=None).to(device)  # randomly initialised: no downloads
+    model.head = AVEHead(model.embed_dim, num_classes=num_classes).to(device)
+    print(f"STG-CMA demo on {device}: backbone {cfg.backbone} {cfg.backbone_kwargs or '(full size)'}, "
+          f"adapter {cfg.adapter!r} (r = {model.bottleneck}), {cfg.num_frames} frames")
+    print(model.param_report())
+    print("backends:", model.backends())
+    amp = args.amp if args.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    batch = args.batch_size or (8 if device.type == "cuda" else 2)
+    data = _synthetic_batches(cfg, model.img_size[0], batch, 4, num_classes, device, args.seed)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=args.lr, betas=(0.95, 0.999), weight_decay=5e-7)
+    model.train()
+    timed_clips, timed_seconds, first_loss, loss_value = 0, 0.0, None, float("nan")
+    bar = tqdm(range(args.steps), desc="train", unit="step", file=sys.stdout, disable=args.no_progress)
+    for step in bar:
+        video, audio, labels = data[step % len(data)]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(video, audio).logits
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_value = loss.item()  # synchronises
+        first_loss = loss_value if first_loss is None else first_loss
+        elapsed = time.perf_counter() - start
+        if step > 0 or args.steps == 1:  # the first step pays for warm-up
+            timed_clips += batch
+            timed_seconds += elapsed
+        rate = timed_clips / timed_seconds if timed_seconds else 0.0
+        bar.set_postfix(loss=f"{loss_value:.4f}", clips_per_s=f"{rate:.2f}")
+    rate = timed_clips / timed_seconds if timed_seconds else 0.0
+    print(f"done: {args.steps} steps, batch {batch}, loss {first_loss:.4f} -> {loss_value:.4f}, {rate:.2f} clips/s")
+    return 0
+
+
+# The paper's trainable counts with the AVE head (and totals where it gives them), for the `params` table.
+PAPER_COUNTS = {"clip-b16-tiny": (3.5, None), "clip-b16-base": (11.5, 97.5), "clip-l14-tiny": (10.7, None),
+                "clip-l14-base": (20.1, 323.6)}
+
+
+def params_table() -> str:
+    """Markdown table of the ViT presets' parameter counts (with the AVE head) against the paper's."""
+    rows = ["| preset | backbone | r | trainable (ours) | trainable (paper) | total (ours) | total (paper) |",
+            "|---|---|---|---|---|---|---|"]
+    for name, (paper_trainable, paper_total) in PAPER_COUNTS.items():
+        cfg = STGCMAConfig.preset(name)
+        with torch.device("meta"):  # counts only: no memory, no forward
+            model = FastSTGCMA(cfg)
+            model.head = AVEHead(model.embed_dim)
+        rep = model.param_report()
+        total = f"{paper_total}M" if paper_total else "-"
+        rows.append(f"| {name} | {cfg.backbone} | {model.bottleneck} | {rep.trainable / 1e6:.2f}M | "
+                    f"{paper_trainable}M | {rep.total / 1e6:.2f}M | {total} |")
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stgcma-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="train STG-CMA for a few steps on generated clips (no downloads)")
+    p.add_argument("--preset", default="clip-b16-base", choices=sorted(PRESETS))
+    p.add_argument("--size", default="auto", choices=("auto", "full", "small"),
+                   help="full-size backbone or a small CLIP-shaped one; auto = full on CUDA, small on CPU")
+    p.add_argument("--frames", type=int, default=10)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=0, help="clips per step (default 8 on CUDA, 2 on CPU)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=demo)
+    p = sub.add_parser("params", help="print the presets' parameter counts as a markdown table")
+    p.set_defaults(func=lambda args: print(params_table()) or 0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

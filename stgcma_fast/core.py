@@ -1,0 +1,173 @@
+"""What the reference and the fast model share: construction, parameter names, input checks, the output type.
+
+No forward computation lives here: :class:`stgcma_fast.reference.ReferenceSTGCMA` and
+:class:`stgcma_fast.model.FastSTGCMA` each implement their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .backbone import audio_grid, create_backbone, drop_path_rates, freeze_backbone
+from .config import STGCMAConfig
+from .modules import BlockAdapters
+
+
+@dataclass
+class STGCMAOutput:
+    """Per-frame features (None for a disabled branch).
+
+    video_cls (B, M, D), audio_cls (B, K, D): class tokens after the final norm.
+    video_tokens (B, M, N_v, D), audio_tokens (B, K, N_a, D): all tokens after the final norm (class token first).
+    logits: the attached head's output, if the model has a head.
+    """
+
+    video_cls: torch.Tensor | None
+    audio_cls: torch.Tensor | None
+    video_tokens: torch.Tensor | None
+    audio_tokens: torch.Tensor | None
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class ParamReport:
+    """Parameter counts: ``trainable``, ``frozen``, ``total`` and counts per group (``groups``, trainable only)."""
+
+    trainable: int
+    frozen: int
+    groups: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.frozen
+
+    def __str__(self) -> str:
+        rows = [f"{'group':<22}{'params':>14}"]
+        rows += [f"{name:<22}{n:>14,}" for name, n in self.groups.items()]
+        rows += [f"{'trainable':<22}{self.trainable:>14,}  ({self.trainable / 1e6:.2f}M)",
+                 f"{'frozen':<22}{self.frozen:>14,}  ({self.frozen / 1e6:.2f}M)",
+                 f"{'total':<22}{self.total:>14,}  ({self.total / 1e6:.2f}M)"]
+        return "\n".join(rows)
+
+
+def _param_group(name: str) -> str:
+    if name.startswith("backbone.norm."):
+        return "final_norm"
+    if name.startswith("temporal_embed"):
+        return "temporal_embeddings"
+    if name.startswith("head."):
+        return "head"
+    if name.startswith("adapters."):
+        leaf = name.split(".")[2]
+        if leaf.endswith(("alpha", "beta")):
+            return "gates"
+        return {"temporal_v": "temporal_adapters", "temporal_a": "temporal_adapters", "spatial": "spatial_adapters",
+                "global_": "global_adapters"}[leaf]
+    return "other"
+
+
+class STGCMABase(nn.Module):
+    """Builds the frozen backbone, the adapters, gates and temporal embeddings of STG-CMA.
+
+    Args:
+        config: the model configuration.
+        pretrained: load backbone weights through timm (hub cache or download).
+        checkpoint_path: load backbone weights from a local timm or OpenAI CLIP state dict instead.
+        head: optional task head called as ``head(video_cls, audio_cls)``; its output is ``STGCMAOutput.logits``.
+    """
+
+    def __init__(self, config: STGCMAConfig, pretrained: bool = False, checkpoint_path: str | Path | None = None,
+                 head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = create_backbone(config, pretrained=pretrained, checkpoint_path=checkpoint_path)
+        freeze_backbone(self.backbone)
+        D = self.backbone.embed_dim
+        self.embed_dim = D
+        self.depth = len(self.backbone.blocks)
+        self.num_heads = self.backbone.blocks[0].attn.num_heads
+        self.bottleneck = config.bottleneck_width(D)
+        self.img_size = tuple(self.backbone.patch_embed.img_size)
+        self.audio_grid = audio_grid(self.backbone, config.audio_size)
+        M = config.num_frames
+        self.temporal_embed_v = nn.Parameter(torch.zeros(M, D)) if config.has_video else None
+        self.temporal_embed_a = nn.Parameter(torch.zeros(M, D)) if config.has_audio else None
+        self.adapters = nn.ModuleList(BlockAdapters(config, D, self.bottleneck) for _ in range(self.depth))
+        self.drop_path_rates = drop_path_rates(config.drop_path_rate, self.depth)
+        self.head = head
+
+    @property
+    def num_video_tokens(self) -> int:
+        return 1 + self.backbone.patch_embed.num_patches
+
+    @property
+    def num_audio_tokens(self) -> int:
+        return 1 + self.audio_grid[0] * self.audio_grid[1]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters an optimizer should see (adapters, gates, temporal embeddings, final norm, head)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def param_report(self) -> ParamReport:
+        """Trainable and frozen parameter counts, trainable ones by group."""
+        groups: dict[str, int] = {}
+        trainable = frozen = 0
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                trainable += p.numel()
+                g = _param_group(name)
+                groups[g] = groups.get(g, 0) + p.numel()
+            else:
+                frozen += p.numel()
+        return ParamReport(trainable=trainable, frozen=frozen, groups=groups)
+
+    def check_inputs(self, video: torch.Tensor | None, audio: torch.Tensor | None) -> int:
+        """Validate ``video`` (B, M, 3, H, W) and ``audio`` (B, K, T, F) against the config; returns B."""
+        cfg = self.config
+        M = cfg.num_frames
+        H, W = self.img_size
+        T, F_ = cfg.audio_size
+        _check_present("video", video, cfg.has_video, cfg.branches)
+        _check_present("audio", audio, cfg.has_audio, cfg.branches)
+        if video is not None:
+            _check_tensor("video", video, "(B, M, 3, H, W)", (None, M, 3, H, W), f"M = {M}, H x W = {H} x {W}")
+        if audio is not None:
+            _check_tensor("audio", audio, "(B, K, T, F)", (None, M, T, F_), f"K = M = {M}, (T, F) = {(T, F_)}")
+        if video is not None and audio is not None:
+            if video.shape[0] != audio.shape[0]:
+                raise ValueError(f"expected video and audio with the same batch size, got {video.shape[0]} and "
+                                 f"{audio.shape[0]}")
+            if video.device != audio.device:
+                raise ValueError(f"expected video and audio on the same device, got {video.device} and "
+                                 f"{audio.device}")
+        x = video if video is not None else audio
+        p = self.backbone.patch_embed.proj.weight
+        if x.device != p.device:
+            raise ValueError(f"expected inputs on the model's device {p.device}, got {x.device}")
+        if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"expected inputs of the model's dtype {p.dtype} (or run under torch.autocast), "
+                             f"got {x.dtype}")
+        return x.shape[0]
+
+
+def _check_present(name: str, x: torch.Tensor | None, wanted: bool, branches: str) -> None:
+    if wanted and x is None:
+        raise ValueError(f"expected the {name} tensor: the model has branches={branches!r}")
+    if not wanted and x is not None:
+        raise ValueError(f"expected {name}=None: the model has branches={branches!r} and would ignore it")
+
+
+def _check_tensor(name: str, x: torch.Tensor, layout: str, expected: tuple, detail: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"expected {name} to be a torch.Tensor {layout}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected {name} to be a floating-point tensor, got dtype {x.dtype}")
+    shown = tuple("B" if e is None else e for e in expected)
+    if x.dim() != len(expected) or any(e is not None and s != e for s, e in zip(x.shape, expected)):
+        raise ValueError(f"expected {name} of shape {layout} = {shown} ({detail}), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"expected a non-empty batch of {name}, got shape {tuple(x.shape)}")

@@ -1,0 +1,166 @@
+"""`FastSTGCMA`: the drop-in STG-CMA module; every heavy step runs through the per-instance op dispatcher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .backbone import audio_patch_weight, audio_pos_embed
+from .config import STGCMAConfig
+from .core import STGCMABase, STGCMAOutput
+from .modules import AVAdapter, BlockAdapters, TAdapter
+from .ops.dispatch import OPS, Dispatcher
+
+
+def _adapter_weights(ad: TAdapter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return ad.down.weight, ad.down.bias, ad.up.weight, ad.up.bias
+
+
+class FastSTGCMA(STGCMABase):
+    """STG-CMA for training and inference; same constructor, parameter names and outputs as ``ReferenceSTGCMA``.
+
+    Args (beyond :class:`stgcma_fast.core.STGCMABase`):
+        backends: per-op backend overrides, e.g. ``{"temporal_attention": "sdpa"}``; see :meth:`backends`.
+        grad_checkpointing: recompute each block in backward instead of keeping its activations.
+
+    ``model(video, audio)`` takes video (B, M, 3, H, W) and audio (B, K, T, F), K = M, and returns
+    :class:`stgcma_fast.core.STGCMAOutput`.
+    """
+
+    def __init__(self, config: STGCMAConfig, pretrained: bool = False, checkpoint_path: str | Path | None = None,
+                 head: nn.Module | None = None, backends: dict[str, str] | None = None,
+                 grad_checkpointing: bool = False) -> None:
+        super().__init__(config, pretrained=pretrained, checkpoint_path=checkpoint_path, head=head)
+        self.ops = Dispatcher(backends)
+        self.grad_checkpointing = grad_checkpointing
+
+    # ---------------------------------------------------------------- backends
+    def set_backend(self, op: str, name: str | None) -> None:
+        """Force ``op`` (one of ``OPS``) onto backend ``name`` for this instance; None restores automatic choice."""
+        self.ops.set_backend(op, name)
+
+    def backends(self) -> dict[str, str]:
+        """The backend each op runs on for this model's device and dtype (probed with one small frame)."""
+        p = self.backbone.patch_embed.proj.weight
+        D, r, H = self.embed_dim, self.bottleneck, self.num_heads
+        Nv, Na, M = self.num_video_tokens, self.num_audio_tokens, self.config.num_frames
+        z = lambda *shape: torch.zeros(shape, device=p.device, dtype=p.dtype)  # noqa: E731
+        w = (z(r, D), z(r), z(D, r), z(D))
+        probes = {
+            "temporal_attention": (z(1, M, Nv, 3 * D), H, 1.0),
+            "spatial_attention": (z(1, Nv, 3 * D), H, 1.0),
+            "t_adapter": (z(Nv, D), z(Nv, D), *w),
+            "av_adapter": (z(1, Nv, D), z(1, Na, D), z(1, Nv, D), z(1, Na, D), *w, *w, z(), z()),
+        }
+        return {op: self.ops.select(op, *probes[op]).name for op in OPS}
+
+    # ---------------------------------------------------------------- embeddings
+    def _embed_video(self, video: torch.Tensor) -> torch.Tensor:
+        bb = self.backbone
+        B, M = video.shape[:2]
+        patches = bb.patch_embed(video.reshape(B * M, *video.shape[2:])).view(B, M, -1, self.embed_dim)
+        pos = bb.pos_embed.view(1, 1, -1, self.embed_dim) + self.temporal_embed_v.view(1, M, 1, -1)  # (1, M, N_v, D)
+        cls = bb.cls_token.view(1, 1, 1, -1).expand(B, M, 1, -1)
+        return bb.norm_pre(torch.cat([cls, patches], dim=2) + pos)
+
+    def _embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        bb = self.backbone
+        B, K, T, F_ = audio.shape
+        weight = audio_patch_weight(bb, self.config.audio_patch_reduction)
+        patches = F.conv2d(audio.reshape(B * K, 1, T, F_), weight, bb.patch_embed.proj.bias,
+                           stride=bb.patch_embed.patch_size)
+        patches = bb.patch_embed.norm(patches.flatten(2).transpose(1, 2)).view(B, K, -1, self.embed_dim)
+        pos = audio_pos_embed(bb.pos_embed, bb.patch_embed.grid_size, self.audio_grid).view(1, 1, -1, self.embed_dim)
+        pos = pos + self.temporal_embed_a.view(1, K, 1, -1)
+        cls = bb.cls_token.view(1, 1, 1, -1).expand(B, K, 1, -1)
+        return bb.norm_pre(torch.cat([cls, patches], dim=2) + pos)
+
+    # ---------------------------------------------------------------- stages
+    def _temporal(self, i: int, ad: TAdapter, x: torch.Tensor) -> torch.Tensor:
+        """x + DropPath(Ad_T(MHSA over frames)) on x (B, M, N, D); attention reads the qkv layout in place."""
+        blk = self.backbone.blocks[i]
+        attn = blk.attn
+        B, M, N, D = x.shape
+        qkv = F.linear(blk.norm1(x), attn.qkv.weight, attn.qkv.bias)  # (B, M, N, 3D)
+        o = self.ops("temporal_attention", qkv, attn.num_heads, attn.scale)  # (B, M, N, D)
+        o = blk.ls1(F.linear(o, attn.proj.weight, attn.proj.bias))
+        row_scale = None
+        rate = self.drop_path_rates[i]
+        if self.training and rate > 0.0:  # drop path per (clip, token) sequence, as on the (B * N, M, D) view
+            keep = torch.empty(B, 1, N, device=x.device, dtype=torch.float32).bernoulli_(1.0 - rate) / (1.0 - rate)
+            row_scale = keep.expand(B, M, N).reshape(-1)
+        out = self.ops("t_adapter", o.reshape(-1, D), x.reshape(-1, D), *_adapter_weights(ad), row_scale)
+        return out.view(B, M, N, D)
+
+    def _spatial_mhsa(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        blk = self.backbone.blocks[i]
+        attn = blk.attn
+        B, M, N, D = x.shape
+        qkv = F.linear(blk.norm1(x), attn.qkv.weight, attn.qkv.bias).view(B * M, N, 3 * D)
+        o = self.ops("spatial_attention", qkv, attn.num_heads, attn.scale)  # (B*M, N, D)
+        return blk.ls1(F.linear(o, attn.proj.weight, attn.proj.bias)).view(B, M, N, D)
+
+    def _ffn(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        blk = self.backbone.blocks[i]
+        return blk.ls2(blk.mlp(blk.norm2(x)))
+
+    def _cross_modal(self, ad: BlockAdapters, stage: str, av: AVAdapter | None, u_v: torch.Tensor | None,
+                     u_a: torch.Tensor | None, x_v: torch.Tensor | None, x_a: torch.Tensor | None):
+        """x + u + AVA(u_v, u_a) for both modalities (x + u where the stage is disabled)."""
+        if av is None:
+            return (None if x_v is None else x_v + u_v), (None if x_a is None else x_a + u_a)
+        if x_v is not None and x_a is not None:
+            alpha, beta = ad.gates(stage)
+            zero = u_v.new_zeros(())
+            B, M, Nv, D = x_v.shape
+            Na = x_a.shape[2]
+            out_v, out_a = self.ops(
+                "av_adapter", u_v.reshape(B * M, Nv, D), u_a.reshape(B * M, Na, D), x_v.reshape(B * M, Nv, D),
+                x_a.reshape(B * M, Na, D), *_adapter_weights(av.video), *_adapter_weights(av.audio),
+                zero if alpha is None else alpha, zero if beta is None else beta, alpha is not None, beta is not None)
+            return out_v.view_as(x_v), out_a.view_as(x_a)
+        x, u, single = (x_v, u_v, av.video) if x_v is not None else (x_a, u_a, av.audio)
+        D = x.shape[-1]
+        out = self.ops("t_adapter", u.reshape(-1, D), (x + u).reshape(-1, D), *_adapter_weights(single)).view_as(x)
+        return (out, None) if x_v is not None else (None, out)
+
+    def _block(self, i: int, x_v: torch.Tensor | None, x_a: torch.Tensor | None):
+        ad: BlockAdapters = self.adapters[i]
+        stages = self.config.stages
+        if "temporal" in stages:
+            x_v = self._temporal(i, ad.temporal_v, x_v) if x_v is not None else None
+            x_a = self._temporal(i, ad.temporal_a, x_a) if x_a is not None else None
+        s_v = self._spatial_mhsa(i, x_v) if x_v is not None else None
+        s_a = self._spatial_mhsa(i, x_a) if x_a is not None else None
+        x_v, x_a = self._cross_modal(ad, "spatial", ad.spatial, s_v, s_a, x_v, x_a)
+        f_v = self._ffn(i, x_v) if x_v is not None else None
+        f_a = self._ffn(i, x_a) if x_a is not None else None
+        return self._cross_modal(ad, "global", ad.global_, f_v, f_a, x_v, x_a)
+
+    def forward(self, video: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> STGCMAOutput:
+        """video (B, M, 3, H, W), audio (B, K, T, F) with K = M (None for a disabled branch)."""
+        self.check_inputs(video, audio)
+        x_v = self._embed_video(video) if video is not None else None
+        x_a = self._embed_audio(audio) if audio is not None else None
+        for i in range(self.depth):
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x_v, x_a = checkpoint(self._block, i, x_v, x_a, use_reentrant=False)
+            else:
+                x_v, x_a = self._block(i, x_v, x_a)
+        norm = self.backbone.norm
+        x_v = norm(x_v) if x_v is not None else None
+        x_a = norm(x_a) if x_a is not None else None
+        v_cls = x_v[:, :, 0] if x_v is not None else None
+        a_cls = x_a[:, :, 0] if x_a is not None else None
+        logits = self.head(v_cls, a_cls) if self.head is not None else None
+        return STGCMAOutput(video_cls=v_cls, audio_cls=a_cls, video_tokens=x_v, audio_tokens=x_a, logits=logits)
+
+
+def build_model(config: STGCMAConfig | str, **kwargs) -> FastSTGCMA:
+    """``FastSTGCMA`` from a config or a preset name (``STGCMAConfig.preset``)."""
+    cfg = STGCMAConfig.preset(config) if isinstance(config, str) else config
+    return FastSTGCMA(cfg, **kwargs)

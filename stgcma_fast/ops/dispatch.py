@@ -1,0 +1,94 @@
+"""Backend selection for the four STG-CMA ops.
+
+Each backend declares what it accepts through ``supports(*args) -> reason | None``. A dispatcher, owned by one
+model instance, picks the first backend in preference order that accepts the inputs, or the one the user forced
+(then a refusal is an error that says why). ``choices()`` reports what was picked; nothing is global.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+OPS = ("temporal_attention", "spatial_attention", "t_adapter", "av_adapter")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One implementation of an op. ``module`` is imported lazily; it provides ``<op>`` and ``supports``."""
+
+    name: str
+    op: str
+    module: str
+
+    def _load(self) -> Any:
+        return importlib.import_module(self.module)
+
+    def fn(self) -> Callable[..., Any]:
+        return getattr(self._load(), self.op)
+
+    def refusal(self, *args: Any, **kwargs: Any) -> str | None:
+        """None if this backend accepts these inputs, else the reason it does not."""
+        try:
+            mod = self._load()
+        except ImportError as err:  # e.g. triton or xformers missing
+            return f"cannot import {self.module}: {err}"
+        supports = getattr(mod, "supports", None)
+        return None if supports is None else supports(*args, **kwargs)
+
+
+_TORCH = "stgcma_fast.ops.torch_ops"
+
+# Preference order per op: the first backend that accepts the inputs runs them. The plain-torch backend accepts
+# everything, so the library works on any device.
+REGISTRY: dict[str, list[Backend]] = {
+    "temporal_attention": [Backend("sdpa", "temporal_attention", _TORCH)],
+    "spatial_attention": [Backend("sdpa", "spatial_attention", _TORCH)],
+    "t_adapter": [Backend("torch", "t_adapter", _TORCH)],
+    "av_adapter": [Backend("torch", "av_adapter", _TORCH)],
+}
+
+
+def available_backends(op: str) -> list[str]:
+    if op not in REGISTRY:
+        raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
+    return [b.name for b in REGISTRY[op]]
+
+
+class Dispatcher:
+    """Per-instance op dispatch with optional overrides ``{op: backend name}``."""
+
+    def __init__(self, overrides: dict[str, str] | None = None) -> None:
+        self.overrides: dict[str, str] = {}
+        self.last: dict[str, str] = {}
+        for op, name in (overrides or {}).items():
+            self.set_backend(op, name)
+
+    def set_backend(self, op: str, name: str | None) -> None:
+        """Force ``op`` to run on backend ``name`` (None restores automatic selection)."""
+        names = available_backends(op)
+        if name is None:
+            self.overrides.pop(op, None)
+            return
+        if name not in names:
+            raise ValueError(f"unknown backend {name!r} for {op}; expected one of {names}")
+        self.overrides[op] = name
+
+    def select(self, op: str, *args: Any, **kwargs: Any) -> Backend:
+        forced = self.overrides.get(op)
+        reasons = []
+        for backend in REGISTRY[op]:
+            if forced is not None and backend.name != forced:
+                continue
+            reason = backend.refusal(*args, **kwargs)
+            if reason is None:
+                self.last[op] = backend.name
+                return backend
+            reasons.append(f"{backend.name}: {reason}")
+        what = f"backend {forced!r} (forced)" if forced else "no backend"
+        raise ValueError(f"{what} cannot run {op} on these inputs: " + "; ".join(reasons))
+
+    def __call__(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        return self.select(op, *args, **kwargs).fn()(*args, **kwargs)

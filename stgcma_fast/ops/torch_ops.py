@@ -1,0 +1,102 @@
+"""Plain-torch implementations of the four STG-CMA ops: the contract every faster backend must match.
+
+Each function here is both the fallback backend of :mod:`stgcma_fast.ops.dispatch` and the ground truth of the
+kernel parity tests. Shapes use G = frames in the batch (B * M), N_v / N_a tokens per frame, D channels,
+r the adapter bottleneck, H heads of size hd (D = H * hd).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def t_adapter(
+    x: torch.Tensor,  # (R, D) adapter input rows
+    residual: torch.Tensor,  # (R, D) added to the adapter output
+    w_down: torch.Tensor,  # (r, D)
+    b_down: torch.Tensor,  # (r,)
+    w_up: torch.Tensor,  # (D, r)
+    b_up: torch.Tensor,  # (D,)
+    row_scale: torch.Tensor | None = None,  # (R,) per-row factor on the adapter output (drop path), or None
+) -> torch.Tensor:
+    """Vanilla bottleneck adapter with residual: ``residual + row_scale * (GELU(x W_d^T + b_d) W_u^T + b_u)``.
+
+    GELU is the exact (erf) form. Returns (R, D) in the dtype of ``x``.
+    """
+    out = F.linear(F.gelu(F.linear(x, w_down, b_down)), w_up, b_up)
+    if row_scale is not None:
+        out = out * row_scale.to(out.dtype).unsqueeze(-1)
+    return residual + out
+
+
+def av_adapter(
+    u_v: torch.Tensor,  # (G, N_v, D) video adapter input (the frozen MHSA or FFN output)
+    u_a: torch.Tensor,  # (G, N_a, D) audio adapter input
+    x_v: torch.Tensor,  # (G, N_v, D) video residual stream
+    x_a: torch.Tensor,  # (G, N_a, D) audio residual stream
+    w_down_v: torch.Tensor,  # (r, D)
+    b_down_v: torch.Tensor,  # (r,)
+    w_up_v: torch.Tensor,  # (D, r)
+    b_up_v: torch.Tensor,  # (D,)
+    w_down_a: torch.Tensor,  # (r, D)
+    b_down_a: torch.Tensor,  # (r,)
+    w_up_a: torch.Tensor,  # (D, r)
+    b_up_a: torch.Tensor,  # (D,)
+    alpha: torch.Tensor,  # () gate of audio -> video attention
+    beta: torch.Tensor,  # () gate of video -> audio attention
+    a2v: bool = True,  # False: alpha is fixed at zero, the video branch does not read audio
+    v2a: bool = True,  # False: beta is fixed at zero, the audio branch does not read video
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AV-Adapter with the residual epilogue of the spatial / global stage.
+
+    Per frame g::
+
+        h_v = GELU(u_v W_dv^T + b_dv)                  (N_v, r)
+        h_a = GELU(u_a W_da^T + b_da)                  (N_a, r)
+        h_v' = h_v + alpha * softmax(h_v h_a^T) h_a    softmax over the N_a audio tokens, no 1/sqrt(r)
+        h_a' = h_a + beta  * softmax(h_a h_v^T) h_v    softmax over the N_v video tokens
+        out_v = x_v + u_v + h_v' W_uv^T + b_uv
+        out_a = x_a + u_a + h_a' W_ua^T + b_ua
+
+    Both directions read the un-gated h_v and h_a. Returns (out_v, out_a).
+    """
+    h_v = F.gelu(F.linear(u_v, w_down_v, b_down_v))
+    h_a = F.gelu(F.linear(u_a, w_down_a, b_down_a))
+    hv_new, ha_new = h_v, h_a
+    if a2v:  # SDPA with scale=1 is exactly softmax(q k^T) v, computed max-subtracted
+        hv_new = h_v + alpha.to(h_v.dtype) * F.scaled_dot_product_attention(h_v, h_a, h_a, scale=1.0)
+    if v2a:
+        ha_new = h_a + beta.to(h_a.dtype) * F.scaled_dot_product_attention(h_a, h_v, h_v, scale=1.0)
+    out_v = x_v + u_v + F.linear(hv_new, w_up_v, b_up_v)
+    out_a = x_a + u_a + F.linear(ha_new, w_up_a, b_up_a)
+    return out_v, out_a
+
+
+def temporal_attention(
+    qkv: torch.Tensor,  # (B, M, N, 3 * H * hd) output of the frozen qkv projection, viewable as (B, M, N, 3, H, hd)
+    num_heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """Self-attention across the M frames, independently for every (batch, token, head).
+
+    Returns (B, M, N, H * hd), the layout the output projection reads.
+    """
+    B, M, N, C3 = qkv.shape
+    hd = C3 // (3 * num_heads)
+    q, k, v = qkv.view(B, M, N, 3, num_heads, hd).permute(3, 0, 2, 4, 1, 5).unbind(0)  # each (B, N, H, M, hd)
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, N, H, M, hd)
+    return out.permute(0, 3, 1, 2, 4).reshape(B, M, N, num_heads * hd)
+
+
+def spatial_attention(
+    qkv: torch.Tensor,  # (G, N, 3 * H * hd)
+    num_heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """Self-attention across the N tokens of each frame. Returns (G, N, H * hd)."""
+    G, N, C3 = qkv.shape
+    hd = C3 // (3 * num_heads)
+    q, k, v = qkv.view(G, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (G, H, N, hd)
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return out.transpose(1, 2).reshape(G, N, num_heads * hd)

@@ -1,0 +1,36 @@
+"""`stgcma-fast demo`: the README's main job, on a small CLIP-shaped ViT."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from stgcma_fast.cli import main
+
+
+def test_demo_trains_and_reports(capsys):
+    assert main(["demo", "--steps", "24", "--size", "small", "--frames", "2", "--no-progress", "--lr", "3e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "trainable" in out and "frozen" in out and "backends:" in out
+    m = re.search(r"done: 24 steps, batch 2, loss ([0-9.]+) -> ([0-9.]+), ([0-9.]+) clips/s", out)
+    assert m, out
+    first, last, rate = map(float, m.groups())
+    assert last < first, f"the demo should learn its generated patterns: loss {first} -> {last}"
+    assert rate > 0
+
+
+def test_unknown_command_exits_with_usage(capsys):
+    with pytest.raises(SystemExit):
+        main(["fly"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_readme_parameter_table_is_generated_by_the_code():
+    from pathlib import Path
+
+    from stgcma_fast.cli import params_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- params-table:start -->\n")[1].split("\n<!-- params-table:end -->")[0]
+    assert block == params_table()

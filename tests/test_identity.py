@@ -1,0 +1,76 @@
+"""With fresh adapters (zero up-projections, gates and temporal embeddings) STG-CMA computes the frozen backbone."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stgcma_fast import FastSTGCMA, ReferenceSTGCMA
+from stgcma_fast.backbone import audio_pos_embed
+from stgcma_fast.testing import assert_close
+
+from .helpers import inputs, tiny_config
+
+IMPLS = {"reference": ReferenceSTGCMA, "fast": FastSTGCMA}
+ATOL, RTOL = 1e-5, 1e-5
+
+
+def _frozen_audio_forward(bb, audio: torch.Tensor, grid, reduction: str = "mean") -> torch.Tensor:
+    """The frozen backbone on one audio segment per row, written from timm's pieces: (B, T, F) -> (B, N_a, D)."""
+    w = bb.patch_embed.proj.weight
+    w = w.mean(1, keepdim=True) if reduction == "mean" else w.sum(1, keepdim=True)
+    x = F.conv2d(audio.unsqueeze(1), w, bb.patch_embed.proj.bias, stride=bb.patch_embed.patch_size)
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([bb.cls_token.expand(x.shape[0], -1, -1), x], 1)
+    x = x + audio_pos_embed(bb.pos_embed, bb.patch_embed.grid_size, grid)
+    return bb.norm(bb.blocks(bb.norm_pre(x)))
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_fresh_model_is_the_frozen_backbone(impl, train):
+    cfg = tiny_config(drop_path_rate=0.2)
+    model = IMPLS[impl](cfg)
+    model.train(train)
+    video, audio = inputs(cfg)
+    with torch.no_grad():
+        out = model(video, audio)
+        for m in range(cfg.num_frames):
+            expected_v = model.backbone.forward_features(video[:, m])  # timm's own forward of frame m
+            assert_close(out.video_tokens[:, m], expected_v, ATOL, RTOL, f"video frame {m}")
+            assert_close(out.video_cls[:, m], expected_v[:, 0], ATOL, RTOL, f"video cls {m}")
+            expected_a = _frozen_audio_forward(model.backbone, audio[:, m], model.audio_grid)
+            assert_close(out.audio_tokens[:, m], expected_a, ATOL, RTOL, f"audio segment {m}")
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_temporal_embedding_is_added_to_every_token_of_its_frame(impl):
+    cfg = tiny_config()
+    model = IMPLS[impl](cfg).eval()
+    with torch.no_grad():
+        model.temporal_embed_v.normal_(std=0.5)
+    video, audio = inputs(cfg)
+    with torch.no_grad():
+        out = model(video, audio)
+        for m in range(cfg.num_frames):
+            bb = copy.deepcopy(model.backbone)
+            bb.pos_embed += model.temporal_embed_v[m]  # same as adding e_m to every token of the frame
+            assert_close(out.video_tokens[:, m], bb.forward_features(video[:, m]), ATOL, RTOL, f"frame {m}")
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_audio_reduction_sum_is_three_times_mean(impl):
+    cfg = tiny_config(audio_patch_reduction="sum")
+    model = IMPLS[impl](cfg).eval()
+    _, audio = inputs(cfg)
+    video, _ = inputs(cfg)
+    with torch.no_grad():
+        out = model(video, audio)
+        expected = _frozen_audio_forward(model.backbone, audio[:, 0], model.audio_grid, reduction="sum")
+        assert_close(out.audio_tokens[:, 0], expected, ATOL, RTOL, "audio (sum)")
+        # the summed kernel is 3x the mean kernel: feeding audio / 3 through "sum" equals "mean" on audio
+        mean_expected = _frozen_audio_forward(model.backbone, audio[:, 0] / 3, model.audio_grid, reduction="sum")
+        assert_close(_frozen_audio_forward(model.backbone, audio[:, 0], model.audio_grid), mean_expected, ATOL, RTOL)
