@@ -40,12 +40,15 @@ class Backend:
 
 
 _TORCH = "stgcma_fast.ops.torch_ops"
+_XFORMERS = "stgcma_fast.ops.xformers_ops"
 
 # Preference order per op: the first backend that accepts the inputs runs them. The plain-torch backend accepts
 # everything, so the library works on any device.
 REGISTRY: dict[str, list[Backend]] = {
-    "temporal_attention": [Backend("sdpa", "temporal_attention", _TORCH)],
-    "spatial_attention": [Backend("sdpa", "spatial_attention", _TORCH)],
+    "temporal_attention": [Backend("sdpa", "temporal_attention", _TORCH),
+                           Backend("xformers", "temporal_attention", _XFORMERS)],
+    "spatial_attention": [Backend("sdpa", "spatial_attention", _TORCH),
+                          Backend("xformers", "spatial_attention", _XFORMERS)],
     "t_adapter": [Backend("torch", "t_adapter", _TORCH)],
     "av_adapter": [Backend("torch", "av_adapter", _TORCH)],
 }

@@ -1,0 +1,1 @@
+"""pytest-benchmark suites for stgcma-fast (`pytest bench/`) and the report renderer (`python -m bench.report`)."""

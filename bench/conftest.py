@@ -1,0 +1,52 @@
+"""Benchmark session setup: every run saves pytest-benchmark JSON under bench/results/ named with device, date and
+git commit, with device name, library versions and the measured copy bandwidth in its machine_info."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .common import HAS_CUDA, RESULTS_DIR, copy_bandwidth_gbps, device_name, git_commit, results_filename, versions
+
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton providers run (slowly) on CPU tensors
+
+
+class _LazyResultsFile:
+    """Opened only when pytest-benchmark writes its JSON, so a run that measures nothing leaves no file."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        self._fh = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "wb")  # noqa: SIM115
+        return self._fh
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "benchmark_json", None) is None and not getattr(config.option, "benchmark_disable", 0):
+        config.option.benchmark_json = _LazyResultsFile(RESULTS_DIR / results_filename())
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["device"] = device_name()
+    machine_info["versions"] = versions()
+    machine_info["git_commit"] = git_commit()
+    machine_info["copy_bandwidth_gbps"] = copy_bandwidth_gbps()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.bench)
+        if not HAS_CUDA and "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device; this machine has none"))

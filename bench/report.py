@@ -1,0 +1,172 @@
+"""Render benchmark JSON (pytest-benchmark, saved under bench/results/) as markdown tables and a PNG plot.
+
+    python -m bench.report                      # newest GPU result file (else newest of any), tables to stdout
+    python -m bench.report FILE.json --plot speedups.png
+    python -m bench.report --update-readme      # rewrite the README block between the bench-table markers
+
+Numbers come only from these files; nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+
+
+def load(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    if "benchmarks" not in data or "machine_info" not in data:
+        raise ValueError(f"{path} is not a pytest-benchmark JSON file (no 'benchmarks' / 'machine_info')")
+    return data
+
+
+def newest_result(results_dir: Path = RESULTS_DIR, prefer_gpu: bool = True) -> Path | None:
+    files = sorted(results_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if prefer_gpu:
+        gpu = [p for p in files if load(p)["machine_info"].get("device", "cpu") != "cpu"]
+        files = gpu or files
+    return files[-1] if files else None
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def model_table(data: dict) -> str:
+    """Clips/s per provider for each (preset, mode, batch, frames), speed-ups against the reference and against
+    torch.compile(reference), MFU and peak memory of FastSTGCMA."""
+    rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "clips_per_s" not in info or "preset" not in info:
+            continue
+        key = (info["preset"], info["mode"], info["batch"], info.get("frames"))
+        rows[key][info["provider"]] = info
+    if not rows:
+        return ""
+    out = ["| preset | mode | batch | frames | reference clips/s | fast clips/s | fast-compile clips/s | "
+           "fast / reference | fast / compile(reference) | MFU (fast) | peak MiB reference -> fast |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(rows, key=lambda k: (k[0], k[1], k[2], k[3] or 0)):
+        p = rows[key]
+        rate = {name: p[name]["clips_per_s"] for name in p}
+        best_fast = max((rate[n] for n in ("fast", "fast-compile") if n in rate), default=None)
+        vs_ref = best_fast / rate["reference"] if best_fast and "reference" in rate else None
+        vs_compile = best_fast / rate["reference-compile"] if best_fast and "reference-compile" in rate else None
+        mfu = p.get("fast", {}).get("mfu")
+        mem_ref = p.get("reference", {}).get("peak_mem_mib")
+        mem_fast = p.get("fast", {}).get("peak_mem_mib")
+        mem = f"{mem_ref:.0f} -> {mem_fast:.0f}" if mem_ref and mem_fast else "-"
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3] or '-'} | {_fmt(rate.get('reference'), '.2f')} | "
+                   f"{_fmt(rate.get('fast'), '.2f')} | {_fmt(rate.get('fast-compile'), '.2f')} | "
+                   f"{_fmt(vs_ref, '.2f')}x | {_fmt(vs_compile, '.2f')}x | "
+                   f"{_fmt(None if mfu is None else 100 * mfu, '.1f')}% | {mem} |")
+    return "\n".join(out)
+
+
+def kernel_table(data: dict) -> str:
+    """Median time, GB/s and share of the measured copy bandwidth per op, shape, mode and provider."""
+    copy_bw = data["machine_info"].get("copy_bandwidth_gbps")
+    rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "op" in info:
+            rows[(info["op"], info["shape"], info["mode"])][info["provider"]] = info
+    if not rows:
+        return ""
+    out = ["| op | shape | mode | provider | median ms | GB/s | % of copy bandwidth | speed-up vs eager/SDPA |",
+           "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(rows):
+        p = rows[key]
+        base = p.get("eager") or p.get("sdpa")
+        for provider, info in sorted(p.items()):
+            speedup = base["median_s"] / info["median_s"] if base else None
+            share = 100 * info["gbps"] / copy_bw if copy_bw and "gbps" in info else None
+            out.append(f"| {key[0]} | {key[1]} | {key[2]} | {provider} | {1e3 * info['median_s']:.3f} | "
+                       f"{_fmt(info.get('gbps'), '.1f')} | {_fmt(share, '.1f')} | {_fmt(speedup, '.2f')}x |")
+    return "\n".join(out)
+
+
+def render(data: dict, source: str) -> str:
+    mi = data["machine_info"]
+    versions = mi.get("versions", {})
+    head = (f"Device: {mi.get('device', '?')}; commit {mi.get('git_commit', '?')}; torch {versions.get('torch', '?')}, "
+            f"triton {versions.get('triton', '?')}, xformers {versions.get('xformers', '?')}; measured copy "
+            f"bandwidth {_fmt(mi.get('copy_bandwidth_gbps'), '.0f')} GB/s; source `{source}`.")
+    parts = [head]
+    for title, table in (("Model", model_table(data)), ("Kernels", kernel_table(data))):
+        if table:
+            parts += [f"**{title}**", table]
+    return "\n\n".join(parts)
+
+
+def plot(data: dict, path: Path) -> None:
+    """Bar chart of FastSTGCMA's speed-up over the eager reference per case (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, values = [], []
+    for line in model_table(data).splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[7] != "-x":
+            labels.append(f"{cells[0]} {cells[1]} b{cells[2]}")
+            values.append(float(cells[7].rstrip("x")))
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(values) + 2), 4))
+    ax.bar(range(len(values)), values)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(values)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("speed-up vs eager reference")
+    ax.set_title(data["machine_info"].get("device", ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def update_readme(block: str, readme: Path = README) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*", type=Path, help="result files (default: the newest, GPU preferred)")
+    parser.add_argument("--plot", type=Path, help="write a PNG of the model speed-ups here")
+    parser.add_argument("--update-readme", action="store_true", help="rewrite the README's benchmark block")
+    args = parser.parse_args(argv)
+    files = args.files or [p for p in [newest_result()] if p is not None]
+    if not files:
+        print("no benchmark results under bench/results/: run `pytest bench/` first")
+        return 1
+    blocks = []
+    for path in files:
+        data = load(path)
+        rel = path.resolve().relative_to(README.parent) if path.resolve().is_relative_to(README.parent) else path
+        blocks.append(render(data, str(rel)))
+        if args.plot:
+            plot(data, args.plot)
+    text = "\n\n".join(blocks)
+    if data["machine_info"].get("device", "cpu") == "cpu":
+        text += ("\n\nNo GPU run is recorded yet: these are CPU numbers of the tiny harness cases, which say "
+                 "nothing about GPU speed. The GPU figures are pending.")
+    print(text)
+    if args.update_readme:
+        update_readme(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Model benchmarks: training step (forward, backward, Adam step on the trainable parameters) and inference for
+ReferenceSTGCMA eager, torch.compile(ReferenceSTGCMA), FastSTGCMA and torch.compile(FastSTGCMA).
+
+On a GPU: CLIP ViT-B/16 and ViT-L/14, Tiny and Base, bf16 autocast, 10 frames + 10 audio segments per clip, a batch
+size sweep (a size that runs out of memory is skipped with that reason) and a frame-count sweep. On CPU: one tiny
+CLIP-shaped model in fp32 that exercises the harness. Throughput is clips/s; MFU uses the analytic FLOP count of
+stgcma_fast.flops (checked against torch's FLOP counter in tests/test_flops.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stgcma_fast import FastSTGCMA, ReferenceSTGCMA, STGCMAConfig
+from stgcma_fast.flops import stgcma_flops
+
+from .common import DEVICE, GPU_ONLY, HAS_CUDA, run_benchmark
+
+IMPLS = {"reference": ReferenceSTGCMA, "fast": FastSTGCMA}
+PROVIDERS = ("reference", "reference-compile", "fast", "fast-compile")
+TINY = dict(backbone="vit_base_patch16_clip_quickgelu_224",
+            backbone_kwargs=dict(img_size=64, embed_dim=96, depth=2, num_heads=3), adapter="base", num_frames=4)
+
+
+def _config(preset: str, frames: int | None = None) -> STGCMAConfig:
+    if preset == "tiny":
+        cfg = STGCMAConfig(**TINY)
+    else:
+        if not HAS_CUDA:
+            pytest.skip(GPU_ONLY)
+        cfg = STGCMAConfig.preset(preset)
+    if frames is not None:
+        cfg = STGCMAConfig.from_dict({**cfg.to_dict(), "num_frames": frames})
+    return cfg
+
+
+def _build(cfg: STGCMAConfig, provider: str):
+    if provider.endswith("-compile") and not HAS_CUDA:
+        pytest.skip("torch.compile providers are measured on GPU only (compile time dominates tiny CPU cases)")
+    model = IMPLS[provider.split("-")[0]](cfg).to(DEVICE)
+    runner = torch.compile(model) if provider.endswith("-compile") else model
+    return model, runner
+
+
+def _inputs(model, batch: int):
+    cfg = model.config
+    H, W = model.img_size
+    video = torch.randn(batch, cfg.num_frames, 3, H, W, device=DEVICE)
+    audio = torch.randn(batch, cfg.num_frames, *cfg.audio_size, device=DEVICE)
+    return video, audio
+
+
+def _bench(benchmark, preset: str, provider: str, batch: int, mode: str, frames: int | None = None):
+    cfg = _config(preset, frames)
+    model, runner = _build(cfg, provider)
+    video, audio = _inputs(model, batch)
+    amp = dict(device_type=DEVICE.type, dtype=torch.bfloat16, enabled=HAS_CUDA)
+    flops = stgcma_flops(model)
+    if mode == "train":
+        model.train()
+        opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=5e-7)
+
+        def step():
+            with torch.autocast(**amp):
+                out = runner(video, audio)
+                loss = out.video_cls.float().square().mean() + out.audio_cls.float().square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        per_call = flops.train_step * batch
+    else:
+        model.eval()
+
+        @torch.no_grad()
+        def step():
+            with torch.autocast(**amp):
+                runner(video, audio)
+
+        per_call = flops.forward * batch
+    try:
+        run_benchmark(benchmark, step, warmup=3 if HAS_CUDA else 1, rounds=10 if HAS_CUDA else 3, flops=per_call,
+                      items=batch, provider=provider, preset=preset, batch=batch, mode=mode,
+                      frames=cfg.num_frames, config=cfg.to_dict(), amp="bf16" if HAS_CUDA else "off",
+                      backends=model.backends() if isinstance(model, FastSTGCMA) else "reference")
+    except torch.cuda.OutOfMemoryError:
+        pytest.skip(f"batch {batch} does not fit in memory for {preset} / {provider}")
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("preset", ["tiny", "clip-b16-tiny", "clip-b16-base", "clip-l14-tiny", "clip-l14-base"])
+def test_model_step(benchmark, preset, provider, mode):
+    batch = 2 if preset == "tiny" else (4 if "l14" in preset else 8)
+    _bench(benchmark, preset, provider, batch, mode)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("batch", [1, 2, 4, 8, 16, 32, 64])
+def test_batch_sweep(benchmark, batch, provider):
+    _bench(benchmark, "clip-b16-base", provider, batch, "train")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider", ["reference", "fast"])
+@pytest.mark.parametrize("frames", [4, 10, 16, 32])
+def test_frames_sweep(benchmark, frames, provider):
+    _bench(benchmark, "clip-b16-base", provider, 4, "train", frames=frames)

@@ -1,0 +1,53 @@
+"""xformers backends for the two attention ops (CUDA only: xformers has no CPU kernels).
+
+Temporal attention reads q, k, v straight from the qkv layout as 5-D BMGHK views (batch B, sequence M frames, the
+N tokens as groups, H heads, head dim) without a permute copy in inference; its backward needs 4-D BMHK inputs, so
+with autograd the (N, H) pair is merged into heads, which copies.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def supports(qkv: torch.Tensor, num_heads: int, scale: float) -> str | None:
+    """None if xformers can run this attention, else why not."""
+    if importlib.util.find_spec("xformers") is None:
+        return "xformers is not installed (pip install 'stgcma-fast[xformers]')"
+    if qkv.device.type != "cuda":
+        return f"xformers has no kernels for device {qkv.device.type}"
+    if qkv.dtype not in DTYPES:
+        return f"dtype {qkv.dtype} not in {DTYPES}"
+    hd = qkv.shape[-1] // (3 * num_heads)
+    if hd % 8:
+        return f"head dim {hd} is not a multiple of 8"
+    return None
+
+
+def temporal_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """qkv (B, M, N, 3 * H * hd) -> (B, M, N, H * hd): attention across the M frames per (token, head)."""
+    import xformers.ops as xops
+
+    B, M, N, C3 = qkv.shape
+    hd = C3 // (3 * num_heads)
+    q, k, v = qkv.view(B, M, N, 3, num_heads, hd).unbind(3)  # each (B, M, N, H, hd) = BMGHK, strided
+    if torch.is_grad_enabled() and qkv.requires_grad:
+        q, k, v = (t.reshape(B, M, N * num_heads, hd) for t in (q, k, v))  # BMHK with N * H heads (copies)
+    out = xops.memory_efficient_attention(q, k, v, scale=scale)
+    return out.reshape(B, M, N, num_heads * hd)
+
+
+def spatial_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """qkv (G, N, 3 * H * hd) -> (G, N, H * hd): attention within each frame."""
+    import xformers.ops as xops
+
+    G, N, C3 = qkv.shape
+    hd = C3 // (3 * num_heads)
+    q, k, v = qkv.view(G, N, 3, num_heads, hd).unbind(2)  # each (G, N, H, hd) = BMHK, strided
+    if torch.is_grad_enabled() and qkv.requires_grad:
+        q, k, v = (t.contiguous() for t in (q, k, v))
+    return xops.memory_efficient_attention(q, k, v, scale=scale).reshape(G, N, num_heads * hd)

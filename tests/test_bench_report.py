@@ -1,0 +1,65 @@
+"""bench.report renders tables and plots from pytest-benchmark JSON (numbers come only from result files)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import report
+
+
+def _result(device: str = "NVIDIA H100 80GB HBM3") -> dict:
+    def model(provider, rate, mem, mfu=None):
+        info = dict(preset="clip-b16-base", mode="train", batch=8, frames=10, provider=provider, clips_per_s=rate,
+                    peak_mem_mib=mem, median_s=8 / rate)
+        if mfu is not None:
+            info["mfu"] = mfu
+        return {"name": provider, "extra_info": info}
+
+    def kernel(provider, median, gbps):
+        return {"name": provider, "extra_info": dict(op="av_adapter", shape="vit-b16", mode="fwd", provider=provider,
+                                                     median_s=median, gbps=gbps)}
+
+    return {
+        "machine_info": {"device": device, "git_commit": "abc123", "copy_bandwidth_gbps": 3000.0,
+                         "versions": {"torch": "2.14.1", "triton": "3.8.0", "xformers": "0.0.35"}},
+        "benchmarks": [model("reference", 10.0, 4000), model("reference-compile", 16.0, 3500),
+                       model("fast", 24.0, 2500, mfu=0.41), kernel("eager", 3e-3, 500.0),
+                       kernel("triton", 1e-3, 1500.0)],
+    }
+
+
+def test_tables_compute_speedups_and_bandwidth_share(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_result()))
+    text = report.render(report.load(path), "r.json")
+    assert "NVIDIA H100 80GB HBM3" in text and "abc123" in text
+    row = next(line for line in text.splitlines() if line.startswith("| clip-b16-base | train"))
+    assert "| 2.40x | 1.50x | 41.0% | 4000 -> 2500 |" in row
+    triton = next(line for line in text.splitlines() if "| triton |" in line)
+    assert "| 1.000 | 1500.0 | 50.0 | 3.00x |" in triton
+
+
+def test_update_readme_replaces_only_the_marked_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold\n{report.END}\noutro\n")
+    report.update_readme("new table", readme)
+    assert readme.read_text() == f"intro\n{report.START}\nnew table\n{report.END}\noutro\n"
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="no <!-- bench-table:start -->"):
+        report.update_readme("x", plain)
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is in the dev extra")
+    report.plot(_result(), tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rejects_files_that_are_not_benchmark_json(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"foo": 1}))
+    with pytest.raises(ValueError, match="not a pytest-benchmark JSON"):
+        report.load(bad)
