@@ -2,7 +2,10 @@
 
 Each backend declares what it accepts through ``supports(*args) -> reason | None``. A dispatcher, owned by one
 model instance, picks the first backend in preference order that accepts the inputs, or the one the user forced
-(then a refusal is an error that says why). ``choices()`` reports what was picked; nothing is global.
+(then a refusal is an error that says why). ``Dispatcher.last`` records what was picked; nothing is global.
+
+Backend modules are imported when a dispatcher is built, not while a model runs, and ``supports`` functions only
+look at devices, dtypes and shapes, so ``torch.compile(fullgraph=True)`` traces the selection as constants.
 """
 
 from __future__ import annotations
@@ -15,26 +18,34 @@ from typing import Any
 OPS = ("temporal_attention", "spatial_attention", "t_adapter", "av_adapter")
 
 
+_MODULES: dict[str, Any] = {}  # module name -> module, or the ImportError message if it cannot be imported
+
+
+def _import(module: str) -> Any:
+    if module not in _MODULES:
+        try:
+            _MODULES[module] = importlib.import_module(module)
+        except ImportError as err:  # e.g. triton or xformers missing
+            _MODULES[module] = f"cannot import {module}: {err}"
+    return _MODULES[module]
+
+
 @dataclass(frozen=True)
 class Backend:
-    """One implementation of an op. ``module`` is imported lazily; it provides ``<op>`` and ``supports``."""
+    """One implementation of an op: ``module`` provides a function named ``op`` and, optionally, ``supports``."""
 
     name: str
     op: str
     module: str
 
-    def _load(self) -> Any:
-        return importlib.import_module(self.module)
-
     def fn(self) -> Callable[..., Any]:
-        return getattr(self._load(), self.op)
+        return getattr(_import(self.module), self.op)
 
     def refusal(self, *args: Any, **kwargs: Any) -> str | None:
         """None if this backend accepts these inputs, else the reason it does not."""
-        try:
-            mod = self._load()
-        except ImportError as err:  # e.g. triton or xformers missing
-            return f"cannot import {self.module}: {err}"
+        mod = _import(self.module)
+        if isinstance(mod, str):
+            return mod
         supports = getattr(mod, "supports", None)
         return None if supports is None else supports(*args, **kwargs)
 
@@ -66,6 +77,9 @@ class Dispatcher:
     def __init__(self, overrides: dict[str, str] | None = None) -> None:
         self.overrides: dict[str, str] = {}
         self.last: dict[str, str] = {}
+        for backends in REGISTRY.values():
+            for backend in backends:
+                _import(backend.module)
         for op, name in (overrides or {}).items():
             self.set_backend(op, name)
 

@@ -12,11 +12,12 @@ import importlib.util
 import torch
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+HAVE_XFORMERS = importlib.util.find_spec("xformers") is not None  # checked once: supports() must stay traceable
 
 
 def supports(qkv: torch.Tensor, num_heads: int, scale: float) -> str | None:
     """None if xformers can run this attention, else why not."""
-    if importlib.util.find_spec("xformers") is None:
+    if not HAVE_XFORMERS:
         return "xformers is not installed (pip install 'stgcma-fast[xformers]')"
     if qkv.device.type != "cuda":
         return f"xformers has no kernels for device {qkv.device.type}"
