@@ -94,6 +94,24 @@ def kernel_table(data: dict) -> str:
     return "\n".join(out)
 
 
+def pipeline_table(data: dict) -> str:
+    """Input-pipeline stages (entries with a ``stage`` key): clips/s per provider and speed-up over the slowest."""
+    rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "stage" in info and "clips_per_s" in info:
+            rows[(info["stage"], str(info.get("setting", "-")))][info["provider"]] = info
+    if not rows:
+        return ""
+    out = ["| stage | setting | provider | clips/s | speed-up vs slowest |", "|---|---|---|---|---|"]
+    for key in sorted(rows):
+        slowest = min(i["clips_per_s"] for i in rows[key].values())
+        for provider, info in sorted(rows[key].items()):
+            out.append(f"| {key[0]} | {key[1]} | {provider} | {info['clips_per_s']:.2f} | "
+                       f"{info['clips_per_s'] / slowest:.2f}x |")
+    return "\n".join(out)
+
+
 def render(data: dict, source: str) -> str:
     mi = data["machine_info"]
     versions = mi.get("versions", {})
@@ -101,7 +119,8 @@ def render(data: dict, source: str) -> str:
             f"triton {versions.get('triton', '?')}, xformers {versions.get('xformers', '?')}; measured copy "
             f"bandwidth {_fmt(mi.get('copy_bandwidth_gbps'), '.0f')} GB/s; source `{source}`.")
     parts = [head]
-    for title, table in (("Model", model_table(data)), ("Kernels", kernel_table(data))):
+    for title, table in (("Model", model_table(data)), ("Kernels", kernel_table(data)),
+                         ("Input pipeline", pipeline_table(data))):
         if table:
             parts += [f"**{title}**", table]
     return "\n\n".join(parts)

@@ -26,7 +26,11 @@ def _result(device: str = "NVIDIA H100 80GB HBM3") -> dict:
                          "versions": {"torch": "2.14.1", "triton": "3.8.0", "xformers": "0.0.35"}},
         "benchmarks": [model("reference", 10.0, 4000), model("reference-compile", 16.0, 3500),
                        model("fast", 24.0, 2500, mfu=0.41), kernel("eager", 3e-3, 500.0),
-                       kernel("triton", 1e-3, 1500.0)],
+                       kernel("triton", 1e-3, 1500.0),
+                       {"name": "a", "extra_info": dict(stage="audio_front_end", setting="vit", provider="batched",
+                                                        clips_per_s=120.0)},
+                       {"name": "b", "extra_info": dict(stage="audio_front_end", setting="vit",
+                                                        provider="torchaudio-loop", clips_per_s=8.0)}],
     }
 
 
@@ -39,6 +43,7 @@ def test_tables_compute_speedups_and_bandwidth_share(tmp_path):
     assert "| 2.40x | 1.50x | 41.0% | 4000 -> 2500 |" in row
     triton = next(line for line in text.splitlines() if "| triton |" in line)
     assert "| 1.000 | 1500.0 | 50.0 | 3.00x |" in triton
+    assert "| audio_front_end | vit | batched | 120.00 | 15.00x |" in text
 
 
 def test_update_readme_replaces_only_the_marked_block(tmp_path):
