@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from stgcma_fast import FastSTGCMA
 from stgcma_fast.ops import dispatch
@@ -55,3 +56,29 @@ def test_forced_backend_that_refuses_says_why(monkeypatch, tmp_path):
 def test_unimportable_backend_is_refused_with_the_import_error(monkeypatch):
     ghost = Backend("ghost", "av_adapter", "stgcma_fast.no_such_module")
     assert "cannot import stgcma_fast.no_such_module" in ghost.refusal()
+
+
+def _fake_backend(monkeypatch, tmp_path, name: str, body: str) -> Backend:
+    (tmp_path / f"{name}.py").write_text("def t_adapter(*a, **k):\n    return 'ran ' + __name__\n\n" + body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    backend = Backend(name, "t_adapter", name)
+    monkeypatch.setitem(dispatch.REGISTRY, "t_adapter", [backend, *dispatch.REGISTRY["t_adapter"]])
+    return backend
+
+
+def test_auto_devices_policy_applies_to_automatic_choice_only(monkeypatch, tmp_path):
+    _fake_backend(monkeypatch, tmp_path, "cuda_only_kernel", "AUTO_DEVICES = ('cuda',)\n")
+    x = torch.zeros(2, 4)
+    d = Dispatcher()
+    assert d.select("t_adapter", x).name == "torch"
+    d.set_backend("t_adapter", "cuda_only_kernel")
+    assert d("t_adapter", x) == "ran cuda_only_kernel"  # forcing runs it (the interpreter path in tests)
+
+
+def test_unvalidated_gpu_backend_is_skipped_on_cuda_unless_forced(monkeypatch, tmp_path):
+    backend = _fake_backend(monkeypatch, tmp_path, "fresh_kernel", "GPU_VALIDATED = False\n")
+    on_cuda = torch.empty(2, 4, device="meta")
+    monkeypatch.setattr(dispatch, "_device_type", lambda args: "cuda")
+    assert "not yet validated on a GPU" in backend.refusal(on_cuda)
+    assert backend.refusal(on_cuda, forced=True) is None
+    assert Dispatcher().select("t_adapter", on_cuda).name == "torch"

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 OPS = ("temporal_attention", "spatial_attention", "t_adapter", "av_adapter")
 
 
@@ -30,9 +32,23 @@ def _import(module: str) -> Any:
     return _MODULES[module]
 
 
+def _device_type(args: tuple) -> str:
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.device.type
+    return "cpu"
+
+
 @dataclass(frozen=True)
 class Backend:
-    """One implementation of an op: ``module`` provides a function named ``op`` and, optionally, ``supports``."""
+    """One implementation of an op: ``module`` provides a function named ``op`` and, optionally:
+
+    - ``supports(*args) -> reason | None``: what it accepts (device, dtype, shapes);
+    - ``AUTO_DEVICES``: device types on which automatic selection may pick it (default: all). Triton kernels list
+      only ``("cuda",)``: on CPU they run in the interpreter, which tests use by forcing the backend;
+    - ``GPU_VALIDATED``: False until its parity tests have passed on a GPU; automatic selection then skips it on
+      CUDA (forcing it still works).
+    """
 
     name: str
     op: str
@@ -41,11 +57,19 @@ class Backend:
     def fn(self) -> Callable[..., Any]:
         return getattr(_import(self.module), self.op)
 
-    def refusal(self, *args: Any, **kwargs: Any) -> str | None:
-        """None if this backend accepts these inputs, else the reason it does not."""
+    def refusal(self, *args: Any, forced: bool = False, **kwargs: Any) -> str | None:
+        """None if this backend accepts these inputs, else the reason it does not. ``forced`` skips the
+        automatic-selection policies (AUTO_DEVICES, GPU_VALIDATED) but not ``supports``."""
         mod = _import(self.module)
         if isinstance(mod, str):
             return mod
+        if not forced:
+            device = _device_type(args)
+            auto = getattr(mod, "AUTO_DEVICES", None)
+            if auto is not None and device not in auto:
+                return f"not chosen automatically on {device} (only on {', '.join(auto)}); force it to use it"
+            if device == "cuda" and not getattr(mod, "GPU_VALIDATED", True):
+                return "not yet validated on a GPU (its GPU parity tests are pending); force it to use it"
         supports = getattr(mod, "supports", None)
         return None if supports is None else supports(*args, **kwargs)
 
@@ -99,7 +123,7 @@ class Dispatcher:
         for backend in REGISTRY[op]:
             if forced is not None and backend.name != forced:
                 continue
-            reason = backend.refusal(*args, **kwargs)
+            reason = backend.refusal(*args, forced=forced is not None, **kwargs)
             if reason is None:
                 self.last[op] = backend.name
                 return backend
