@@ -35,8 +35,8 @@ def newest_result(results_dir: Path = RESULTS_DIR, prefer_gpu: bool = True) -> P
     return files[-1] if files else None
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
+def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if x is None else format(x, spec) + suffix
 
 
 def model_table(data: dict) -> str:
@@ -52,8 +52,9 @@ def model_table(data: dict) -> str:
     if not rows:
         return ""
     out = ["| preset | mode | batch | frames | reference clips/s | fast clips/s | fast-compile clips/s | "
-           "fast / reference | fast / compile(reference) | MFU (fast) | peak MiB reference -> fast |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "fast / reference | fast / compile(reference) | MFU (fast) | peak MiB reference -> fast | "
+           "saved activations MiB reference -> fast |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(rows, key=lambda k: (k[0], k[1], k[2], k[3] or 0)):
         p = rows[key]
         rate = {name: p[name]["clips_per_s"] for name in p}
@@ -64,10 +65,13 @@ def model_table(data: dict) -> str:
         mem_ref = p.get("reference", {}).get("peak_mem_mib")
         mem_fast = p.get("fast", {}).get("peak_mem_mib")
         mem = f"{mem_ref:.0f} -> {mem_fast:.0f}" if mem_ref and mem_fast else "-"
+        act_ref = p.get("reference", {}).get("saved_activation_mib")
+        act_fast = p.get("fast", {}).get("saved_activation_mib")
+        act = f"{act_ref:.1f} -> {act_fast:.1f}" if act_ref and act_fast else "-"
         out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3] or '-'} | {_fmt(rate.get('reference'), '.2f')} | "
                    f"{_fmt(rate.get('fast'), '.2f')} | {_fmt(rate.get('fast-compile'), '.2f')} | "
-                   f"{_fmt(vs_ref, '.2f')}x | {_fmt(vs_compile, '.2f')}x | "
-                   f"{_fmt(None if mfu is None else 100 * mfu, '.1f')}% | {mem} |")
+                   f"{_fmt(vs_ref, '.2f', 'x')} | {_fmt(vs_compile, '.2f', 'x')} | "
+                   f"{_fmt(None if mfu is None else 100 * mfu, '.1f', '%')} | {mem} | {act} |")
     return "\n".join(out)
 
 
@@ -90,7 +94,7 @@ def kernel_table(data: dict) -> str:
             speedup = base["median_s"] / info["median_s"] if base else None
             share = 100 * info["gbps"] / copy_bw if copy_bw and "gbps" in info else None
             out.append(f"| {key[0]} | {key[1]} | {key[2]} | {provider} | {1e3 * info['median_s']:.3f} | "
-                       f"{_fmt(info.get('gbps'), '.1f')} | {_fmt(share, '.1f')} | {_fmt(speedup, '.2f')}x |")
+                       f"{_fmt(info.get('gbps'), '.1f')} | {_fmt(share, '.1f')} | {_fmt(speedup, '.2f', 'x')} |")
     return "\n".join(out)
 
 
@@ -136,7 +140,7 @@ def plot(data: dict, path: Path) -> None:
     labels, values = [], []
     for line in model_table(data).splitlines()[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells[7] != "-x":
+        if cells[7] != "-":
             labels.append(f"{cells[0]} {cells[1]} b{cells[2]}")
             values.append(float(cells[7].rstrip("x")))
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(values) + 2), 4))

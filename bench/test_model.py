@@ -4,7 +4,8 @@ ReferenceSTGCMA eager, torch.compile(ReferenceSTGCMA), FastSTGCMA and torch.comp
 On a GPU: CLIP ViT-B/16 and ViT-L/14, Tiny and Base, bf16 autocast, 10 frames + 10 audio segments per clip, a batch
 size sweep (a size that runs out of memory is skipped with that reason) and a frame-count sweep. On CPU: one tiny
 CLIP-shaped model in fp32 that exercises the harness. Throughput is clips/s; MFU uses the analytic FLOP count of
-stgcma_fast.flops (checked against torch's FLOP counter in tests/test_flops.py).
+stgcma_fast.flops (checked against torch's FLOP counter in tests/test_flops.py). Training cases also record the
+activation memory autograd keeps for backward (saved_activation_mib), which is measurable on CPU as well.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from stgcma_fast import FastSTGCMA, ReferenceSTGCMA, STGCMAConfig
 from stgcma_fast.flops import stgcma_flops
+from stgcma_fast.memory import saved_activation_bytes
 
 from .common import DEVICE, GPU_ONLY, HAS_CUDA, run_benchmark
 
@@ -57,8 +59,12 @@ def _bench(benchmark, preset: str, provider: str, batch: int, mode: str, frames:
     video, audio = _inputs(model, batch)
     amp = dict(device_type=DEVICE.type, dtype=torch.bfloat16, enabled=HAS_CUDA)
     flops = stgcma_flops(model)
+    extra = {}
     if mode == "train":
         model.train()
+        with torch.autocast(**amp):  # activation memory kept for backward, measurable on CPU too
+            extra["saved_activation_mib"] = saved_activation_bytes(lambda: model(video, audio),
+                                                                   exclude=model.parameters()) / 2**20
         opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=5e-7)
 
         def step():
@@ -83,7 +89,7 @@ def _bench(benchmark, preset: str, provider: str, batch: int, mode: str, frames:
         run_benchmark(benchmark, step, warmup=3 if HAS_CUDA else 1, rounds=10 if HAS_CUDA else 3, flops=per_call,
                       items=batch, provider=provider, preset=preset, batch=batch, mode=mode,
                       frames=cfg.num_frames, config=cfg.to_dict(), amp="bf16" if HAS_CUDA else "off",
-                      backends=model.backends() if isinstance(model, FastSTGCMA) else "reference")
+                      backends=model.backends() if isinstance(model, FastSTGCMA) else "reference", **extra)
     except torch.cuda.OutOfMemoryError:
         pytest.skip(f"batch {batch} does not fit in memory for {preset} / {provider}")
 

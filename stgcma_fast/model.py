@@ -13,6 +13,7 @@ from .backbone import audio_patch_weight, audio_pos_embed
 from .config import STGCMAConfig
 from .core import STGCMABase, STGCMAOutput
 from .modules import AVAdapter, BlockAdapters, TAdapter
+from .ops.activations import lean_activation
 from .ops.dispatch import OPS, Dispatcher
 
 
@@ -37,6 +38,7 @@ class FastSTGCMA(STGCMABase):
         super().__init__(config, pretrained=pretrained, checkpoint_path=checkpoint_path, head=head)
         self.ops = Dispatcher(backends)
         self.grad_checkpointing = grad_checkpointing
+        self._act = lean_activation(self.backbone.blocks[0].mlp.act)
 
     # ---------------------------------------------------------------- backends
     def set_backend(self, op: str, name: str | None) -> None:
@@ -106,7 +108,9 @@ class FastSTGCMA(STGCMABase):
 
     def _ffn(self, i: int, x: torch.Tensor) -> torch.Tensor:
         blk = self.backbone.blocks[i]
-        return blk.ls2(blk.mlp(blk.norm2(x)))
+        mlp = blk.mlp
+        h = self._act(F.linear(blk.norm2(x), mlp.fc1.weight, mlp.fc1.bias))  # lean: keeps only the fc1 output
+        return blk.ls2(mlp.drop2(F.linear(mlp.norm(mlp.drop1(h)), mlp.fc2.weight, mlp.fc2.bias)))
 
     def _cross_modal(self, ad: BlockAdapters, stage: str, av: AVAdapter | None, u_v: torch.Tensor | None,
                      u_a: torch.Tensor | None, x_v: torch.Tensor | None, x_a: torch.Tensor | None):
