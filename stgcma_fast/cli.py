@@ -1,4 +1,4 @@
-"""Command line: ``stgcma-fast demo`` (more subcommands come with the data and task modules)."""
+"""Command line: ``stgcma-fast demo | params | synth | prepare | stats``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .config import PRESETS, STGCMAConfig
+from .data.commands import add_data_commands
 from .model import FastSTGCMA
 from .modules import AVEHead
 
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo)
     p = sub.add_parser("params", help="print the presets' parameter counts as a markdown table")
     p.set_defaults(func=lambda args: print(params_table()) or 0)
+    add_data_commands(sub)  # synth, prepare, stats
     return parser
 
 

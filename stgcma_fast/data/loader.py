@@ -1,0 +1,417 @@
+"""The AVE input pipeline on the PyAV path: a ``Dataset``, a sharded seeded sampler, and the one iterator.
+
+:class:`AveDataset` turns clip ``i`` into ``{video (M, 3, H, W), waveform (S,), labels (10,), id, index}``: frames
+from :func:`stgcma_fast.data.video.load_frames`, audio from the prepared 16 kHz WAV/FLAC (``stgcma-fast prepare``)
+or, when there is none, decoded from the video's own track. Bad media (missing, empty, corrupt, too short) never
+raise inside a worker: the item comes back as a :class:`SkippedClip` naming the clip id, the file and the reason.
+
+:class:`AveLoader` is the iterator a training loop uses (the DALI path, :mod:`stgcma_fast.data.dali`, yields the
+same dicts). Per batch it yields, on ``device``::
+
+    {"video": (B, M, 3, H, W) float32, "audio": (B, K, T, F) float32, "labels": (B, 10) int64,
+     "ids": list[str] (B), "index": (B,) int64}
+
+``audio`` is computed AFTER the batch reaches the device, by the batched ``AudioFrontEnd``
+(so on a GPU the filterbank runs there); pass ``frontend=None`` to get ``"waveform": (B, S)`` instead.
+
+- Sharding: :class:`ShardSampler` gives rank ``r`` of ``w`` the positions ``r, r + w, ...`` of the epoch's order;
+  with ``pad=True`` (the default when ``world_size > 1``, as ``DistributedSampler``) the order is first padded by
+  repeating its head so every rank gets the same count; ``pad=False`` keeps the shards disjoint.
+- Determinism: the epoch's order is ``torch.randperm(n, generator=seed + epoch)``; training augmentation of clip
+  ``i`` in epoch ``e`` draws from a generator seeded with ``(seed, e, i)``; so batches do not depend on the number of
+  workers. The epoch advances by one after each complete pass, or is set with :meth:`AveLoader.set_epoch`.
+- Bad media: ``on_error="skip"`` (default) drops the clip from its batch (never zero-filled; a batch left empty is
+  not yielded) and records it; ``on_error="raise"`` raises :class:`~stgcma_fast.data.audio_io.MediaError` naming the
+  clip id, the file and the reason. Each pass ends with an :class:`EpochSummary` (``loader.last_summary``), logged
+  as a warning listing every skipped clip.
+- DDP caveat: a skipped clip shrinks its batch; a batch whose clips are ALL bad is dropped, which can leave ranks
+  with different step counts. Check a dataset with ``stgcma-fast prepare`` (it reports bad media) before DDP runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from stgcma_fast.data.audio_io import SAMPLE_RATE, MediaError, decode_audio
+from stgcma_fast.data.ave import CLIP_SECONDS, AveClip, read_ave_annotations
+from stgcma_fast.data.frontend import AudioFrontEnd
+from stgcma_fast.data.video import FrameSettings, load_frames
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+AUDIO_SUFFIXES: tuple[str, ...] = (".wav", ".flac")
+SPLIT_FILES: dict[str, str] = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt",
+                               "all": "Annotations.txt"}
+ON_ERROR: tuple[str, ...] = ("skip", "raise")
+AUDIO_SOURCES: tuple[str, ...] = ("auto", "wav", "video")
+VIDEO_DIR = "AVE"
+AUDIO_DIR = "audio_wav"
+
+
+# ----------------------------------------------------------------------------------------------- items and files
+
+
+@dataclasses.dataclass(frozen=True)
+class AveItem:
+    """One clip to load: its position in the split, id, labels and files (``audio`` None: decode the video's)."""
+
+    index: int
+    video_id: str
+    labels: tuple[int, ...]
+    video: Path
+    audio: Path | None
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedClip:
+    """A clip that could not be loaded: which (index, id), which file, and why."""
+
+    index: int
+    video_id: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.video_id} ({self.path}): {self.reason}"
+
+    def error(self) -> MediaError:
+        return MediaError(self.path, f"clip {self.video_id!r} (index {self.index}): {self.reason}")
+
+
+def index_media_folder(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
+    """stem -> file for the files of ``folder`` with one of ``suffixes`` (the first suffix in order wins)."""
+    found: dict[str, Path] = {}
+    if not folder.is_dir():
+        return found
+    rank = {s: i for i, s in enumerate(suffixes)}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        path = Path(entry.path)
+        suffix = path.suffix.lower()
+        if suffix in rank and (path.stem not in found or rank[suffix] < rank[found[path.stem].suffix.lower()]):
+            found[path.stem] = path
+    return found
+
+
+def ave_items(
+    clips: Sequence[AveClip],
+    video_dir: str | Path,
+    audio_dir: str | Path | None = None,
+    audio_source: str = "auto",
+) -> list[AveItem]:
+    """Resolve the files of ``clips``: ``<video_dir>/<id>.{mp4,mkv,webm,...}`` and ``<audio_dir>/<id>.{wav,flac}``.
+
+    ``audio_source``: ``"wav"`` requires the prepared file (a missing one is reported when the clip loads),
+    ``"video"`` always decodes the video's audio track, ``"auto"`` uses the prepared file when it exists.
+    A video that is absent keeps the path ``<id>.mp4`` and is reported when it loads.
+    """
+    if audio_source not in AUDIO_SOURCES:
+        raise ValueError(f"expected audio_source in {AUDIO_SOURCES}, got {audio_source!r}")
+    videos = index_media_folder(Path(video_dir), VIDEO_SUFFIXES)
+    audios = index_media_folder(Path(audio_dir), AUDIO_SUFFIXES) if audio_dir is not None else {}
+    items = []
+    for i, clip in enumerate(clips):
+        video = videos.get(clip.video_id, Path(video_dir) / f"{clip.video_id}.mp4")
+        if audio_source == "video":
+            audio = None
+        elif audio_source == "wav":
+            if audio_dir is None:
+                raise ValueError("audio_source='wav' needs audio_dir (the folder `stgcma-fast prepare` wrote)")
+            audio = audios.get(clip.video_id, Path(audio_dir) / f"{clip.video_id}.wav")
+        else:
+            audio = audios.get(clip.video_id)
+        items.append(AveItem(i, clip.video_id, clip.labels, video, audio))
+    return items
+
+
+def read_split(root: str | Path, split: str) -> list[AveClip]:
+    """Clips of ``split`` (train / val / test / all) from ``<root>/<trainSet|valSet|testSet|Annotations>.txt``."""
+    if split not in SPLIT_FILES:
+        raise ValueError(f"expected split in {sorted(SPLIT_FILES)}, got {split!r}")
+    return read_ave_annotations(Path(root) / SPLIT_FILES[split])
+
+
+# ----------------------------------------------------------------------------------------------- dataset
+
+
+class AveDataset(Dataset):
+    """AVE clips decoded with PyAV. Index with ``i`` or ``(i, epoch)`` (the epoch seeds training augmentation).
+
+    Args:
+        root: the ``AVE_Dataset`` folder (``AVE/`` videos + annotation files), or any folder when ``clips`` is given.
+        split: ``train`` / ``val`` / ``test`` / ``all``.
+        frames: frame settings (M, crop, mean/std, length checks).
+        train: apply the random resized crop + flip (see :mod:`stgcma_fast.data.video`).
+        audio_dir: prepared audio (default ``<root>/audio_wav``); audio_source: see :func:`ave_items`.
+        clips: use these clips instead of reading ``split``.
+        seed: base seed of the training augmentation.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        frames: FrameSettings | None = None,
+        train: bool = False,
+        audio_dir: str | Path | None = None,
+        audio_source: str = "auto",
+        clips: Sequence[AveClip] | None = None,
+        seed: int = 0,
+        sample_rate: int = SAMPLE_RATE,
+        clip_seconds: float = CLIP_SECONDS,
+        video_dir: str | Path | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.frames = frames or FrameSettings(min_seconds=float(clip_seconds))
+        self.train = train
+        self.seed = seed
+        self.sample_rate = sample_rate
+        self.clip_seconds = clip_seconds
+        clips = list(clips) if clips is not None else read_split(self.root, split)
+        audio_dir = Path(audio_dir) if audio_dir is not None else self.root / AUDIO_DIR
+        self.items = ave_items(clips, video_dir or self.root / VIDEO_DIR, audio_dir, audio_source)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def generator(self, index: int, epoch: int) -> torch.Generator:
+        """The augmentation generator of clip ``index`` in ``epoch``."""
+        state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(2, np.uint32)
+        return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+
+    def load(self, index: int, epoch: int = 0) -> dict[str, Any]:
+        """Load clip ``index``; raises :class:`MediaError` for bad media."""
+        item = self.items[index]
+        generator = self.generator(index, epoch) if self.train else None
+        video = load_frames(item.video, self.frames, train=self.train, generator=generator)
+        source = item.audio if item.audio is not None else item.video
+        waveform = decode_audio(source, self.sample_rate, seconds=self.clip_seconds)
+        return {"video": video, "waveform": waveform, "labels": torch.tensor(item.labels, dtype=torch.long),
+                "id": item.video_id, "index": index}
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | SkippedClip:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        try:
+            return self.load(index, epoch)
+        except MediaError as exc:
+            return SkippedClip(index, self.items[index].video_id, str(exc.path), exc.reason)
+
+
+def collate(items: Sequence[dict[str, Any] | SkippedClip]) -> dict[str, Any]:
+    """Stack the loaded items; skipped ones go to ``"skipped"`` (a batch may hold only skipped clips)."""
+    good = [x for x in items if not isinstance(x, SkippedClip)]
+    batch: dict[str, Any] = {"skipped": [x for x in items if isinstance(x, SkippedClip)],
+                             "ids": [x["id"] for x in good]}
+    if good:
+        batch["index"] = torch.tensor([x["index"] for x in good], dtype=torch.long)
+        for key in ("video", "waveform", "labels"):
+            batch[key] = torch.stack([x[key] for x in good])
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------- sampler
+
+
+def default_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` process group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ShardSampler(Sampler):
+    """Yields ``(index, epoch)`` pairs: this rank's share of the epoch's (shuffled) order. See the module doc."""
+
+    def __init__(self, num_items: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
+                 pad: bool | None = None) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"expected 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.num_items, self.rank, self.world_size = num_items, rank, world_size
+        self.shuffle, self.seed = shuffle, seed
+        self.pad = world_size > 1 if pad is None else pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self, epoch: int | None = None) -> list[int]:
+        """The whole epoch's order (before sharding and padding)."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return list(range(self.num_items))
+        return torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+
+    def indices(self, epoch: int | None = None) -> list[int]:
+        """This rank's indices for ``epoch``."""
+        order = self.order(epoch)
+        if self.pad and order and len(order) % self.world_size:
+            extra = self.world_size - len(order) % self.world_size
+            order = order + (order * (extra // len(order) + 1))[:extra]
+        return order[self.rank:: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return iter([(i, epoch) for i in self.indices(epoch)])
+
+    def __len__(self) -> int:
+        if self.pad:
+            return -(-self.num_items // self.world_size)
+        return len(range(self.rank, self.num_items, self.world_size))
+
+
+# ----------------------------------------------------------------------------------------------- iterator
+
+
+@dataclasses.dataclass
+class EpochSummary:
+    """What one pass over a shard loaded and skipped."""
+
+    epoch: int
+    rank: int
+    world_size: int
+    loaded: int = 0
+    batches: int = 0
+    skipped: list[SkippedClip] = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        head = (f"epoch {self.epoch} (rank {self.rank}/{self.world_size}): {self.loaded} clips in {self.batches} "
+                f"batches, {len(self.skipped)} skipped")
+        return head + "".join(f"\n  skipped {s}" for s in self.skipped)
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class BaseLoader:
+    """What every AVE iterator shares: sampler, epoch, skip handling, epoch summaries, device transfer, audio front
+    end. Subclasses implement :meth:`_raw_batches` (collated CPU batches of :func:`collate`'s format)."""
+
+    def __init__(
+        self,
+        dataset: AveDataset,
+        batch_size: int,
+        device: str | torch.device = "cpu",
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        on_error: str = "skip",
+        frontend: AudioFrontEnd | None | str = "default",
+        pad: bool | None = None,
+    ) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"expected on_error in {ON_ERROR}, got {on_error!r}")
+        if batch_size < 1:
+            raise ValueError(f"expected batch_size >= 1, got {batch_size}")
+        if rank is None or world_size is None:
+            rank, world_size = default_rank_world()
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.on_error = on_error
+        self.frontend = AudioFrontEnd() if frontend == "default" else frontend
+        if self.frontend is not None and self.frontend.settings.num_segments != dataset.frames.num_frames:
+            raise ValueError(f"expected audio segments K == video frames M, got K = "
+                             f"{self.frontend.settings.num_segments} and M = {dataset.frames.num_frames}")
+        self.sampler = ShardSampler(len(dataset), rank, world_size, shuffle, seed, pad)
+        self.summaries: list[EpochSummary] = []
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s order and augmentation for the next pass."""
+        self.sampler.set_epoch(epoch)
+
+    @property
+    def last_summary(self) -> EpochSummary | None:
+        return self.summaries[-1] if self.summaries else None
+
+    def _raw_batches(self) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {"ids": batch["ids"]}
+        for key in ("video", "waveform", "labels", "index"):
+            out[key] = batch[key].to(self.device, non_blocking=True)
+        if self.frontend is not None:
+            out["audio"] = self.frontend(out.pop("waveform"))
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        summary = EpochSummary(self.sampler.epoch, self.sampler.rank, self.sampler.world_size)
+        self.summaries.append(summary)
+        for batch in self._raw_batches():
+            if batch["skipped"]:
+                if self.on_error == "raise":
+                    raise batch["skipped"][0].error()
+                for skipped in batch["skipped"]:
+                    logger.warning("skipping clip %s", skipped)
+                summary.skipped.extend(batch["skipped"])
+            if not batch["ids"]:
+                continue
+            summary.loaded += len(batch["ids"])
+            summary.batches += 1
+            yield self._to_device(batch)
+        (logger.warning if summary.skipped else logger.info)("%s", summary)
+        self.sampler.set_epoch(summary.epoch + 1)
+
+
+class AveLoader(BaseLoader):
+    """The one iterator over AVE batches (PyAV decoding in DataLoader workers); see the module doc.
+
+    Args:
+        dataset: an :class:`AveDataset`.
+        batch_size: clips per batch before skips.
+        device: where the yielded tensors live (the audio front end runs there).
+        frontend: waveform -> (B, K, T, F); default ``AudioFrontEnd()`` (ViT setting); None yields waveforms.
+        on_error: ``"skip"`` or ``"raise"``.
+        rank, world_size: DDP shard (default: from ``torch.distributed`` if initialised).
+        pad: pad the epoch's order so every rank gets as many clips (default: when world_size > 1).
+    """
+
+    def __init__(
+        self,
+        dataset: AveDataset,
+        batch_size: int,
+        device: str | torch.device = "cpu",
+        num_workers: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+        on_error: str = "skip",
+        frontend: AudioFrontEnd | None | str = "default",
+        pad: bool | None = None,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__(dataset, batch_size, device, shuffle, seed, rank, world_size, on_error, frontend, pad)
+        pin = self.device.type == "cuda" if pin_memory is None else pin_memory
+        self.loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers, collate_fn=collate,
+            drop_last=drop_last, pin_memory=pin, worker_init_fn=_worker_init if num_workers else None,
+            prefetch_factor=prefetch_factor if num_workers else None,
+            persistent_workers=persistent_workers and num_workers > 0,
+        )
+
+    def __len__(self) -> int:
+        """Batches per pass (before batches emptied by skips are dropped)."""
+        return len(self.loader)
+
+    def _raw_batches(self) -> Iterator[dict[str, Any]]:
+        return iter(self.loader)
