@@ -76,6 +76,7 @@ class Backend:
 
 _TORCH = "stgcma_fast.ops.torch_ops"
 _XFORMERS = "stgcma_fast.ops.xformers_ops"
+_KERNELS = "stgcma_fast.kernels"
 
 # Preference order per op: the first backend that accepts the inputs runs them. The plain-torch backend accepts
 # everything, so the library works on any device.
@@ -85,7 +86,7 @@ REGISTRY: dict[str, list[Backend]] = {
     "spatial_attention": [Backend("sdpa", "spatial_attention", _TORCH),
                           Backend("xformers", "spatial_attention", _XFORMERS)],
     "t_adapter": [Backend("torch", "t_adapter", _TORCH)],
-    "av_adapter": [Backend("torch", "av_adapter", _TORCH)],
+    "av_adapter": [Backend("triton", "av_adapter", f"{_KERNELS}.av_adapter"), Backend("torch", "av_adapter", _TORCH)],
 }
 
 

@@ -1,0 +1,811 @@
+"""Fused AV-Adapter (cross-modal bottleneck adapter with parameter-free cross attention) in Triton.
+
+Contract: :func:`stgcma_fast.ops.torch_ops.av_adapter`. Per frame g (G = B * M frames)::
+
+    h_v  = GELU(u_v W_dv^T + b_dv)                  (N_v, r)
+    h_a  = GELU(u_a W_da^T + b_da)                  (N_a, r)
+    h_v' = h_v + alpha * softmax(h_v h_a^T) h_a     no 1/sqrt(r), online max-subtracted softmax
+    h_a' = h_a + beta  * softmax(h_a h_v^T) h_v
+    out_v = x_v + u_v + h_v' W_uv^T + b_uv
+    out_a = x_a + u_a + h_a' W_ua^T + b_ua
+
+Forward, per modality (launched twice, video then audio):
+  1. ``_down_gelu_kernel``   rows of (G * N, D) x W_d^T, + bias, GELU -> pre, h (both (G * N, r), fp32).
+  2. ``_attn_up_kernel``     grid (G, row blocks): online softmax of this modality's h against the other
+     modality's h (never materialising the N_v x N_a matrix), gate, up-projection, bias and the residual
+     epilogue ``x + u + h' W_u^T + b_u``, written once. Saves the attention output O and its log-sum-exp.
+
+Backward:
+  1. ``_bwd_up_kernel``       dh' = dout W_u, h' = h + gate * O (for the dW_u GEMM), rowdot = rowsum(dh' * O).
+  2. ``_bwd_attn_down_kernel`` grid (G, row blocks of X), looping over the tokens of the other modality Y once.
+     The score matrix S = h_X h_Y^T serves both directions (the attention has no projections, so
+     S_{X<-Y} = S_{Y<-X}^T): one pass yields dQ of "X attends to Y" AND dK + dV of "Y attends to X", i.e. the
+     whole dh_X, flash-attention-2 style from the saved LSE, without atomics. Epilogue: dpre = dh * GELU'(pre),
+     du = dout + dpre W_d.
+  Weight reductions are torch GEMMs / sums on what the kernels produce: dW_u = dout^T h', db_u = sum dout,
+  dW_d = dpre^T u, db_d = sum dpre, dalpha = sum rowdot_v, dbeta = sum rowdot_a.
+
+Everything r-wide (pre, h, O, LSE, dh') is kept in fp32 (fp64 for fp64 inputs): scores reach ~1e4 and a 16-bit
+h would move them by whole units; the attention dots run as "tf32x3" on the GPU (see ``_dot_precisions``). The
+D-wide projections run on the input dtype with fp32 accumulation. Saved for backward, per modality: pre, h, O
+(G, N, r) and LSE (G, N), all fp32; nothing N_v x N_a wide is ever written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------------------
+
+_SQRT1_2 = tl.constexpr(0.7071067811865476)  # globals in @jit code must be constexpr
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
+
+
+@triton.jit
+def _down_gelu_kernel(
+    U,  # (n_rows, D) adapter input, input dtype
+    W,  # (R, D) down-projection weight, input dtype
+    B,  # (R,) down-projection bias, input dtype
+    PRE,  # (n_rows, R) out: pre-activation u W^T + b, ACC dtype
+    H,  # (n_rows, R) out: GELU(pre), ACC dtype
+    n_rows,
+    D,
+    R,
+    BLOCK_M: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+    PROJ_PREC: tl.constexpr,  # precision of the D-wide projection dots, see _dot_precisions
+):
+    row0 = tl.program_id(0).to(tl.int64) * BLOCK_M  # int64 base; per-element offsets below stay int32
+    U += row0 * D
+    PRE += row0 * R
+    H += row0 * R
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, BLOCK_R)
+    m_mask = offs_m < n_rows - row0
+    r_mask = offs_r < R
+
+    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=ACC)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = offs_d < D
+        u = tl.load(U + offs_m[:, None] * D + offs_d[None, :], mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+        w_t = tl.load(W + offs_r[None, :] * D + offs_d[:, None], mask=d_mask[:, None] & r_mask[None, :], other=0.0)
+        acc = tl.dot(u, w_t, acc, input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_R)
+
+    b = tl.load(B + offs_r, mask=r_mask, other=0.0).to(ACC)
+    pre = acc + b[None, :]
+    h = 0.5 * pre * (1.0 + tl.erf(pre * _SQRT1_2))
+    mr_mask = m_mask[:, None] & r_mask[None, :]
+    mr_offs = offs_m[:, None] * R + offs_r[None, :]
+    tl.store(PRE + mr_offs, pre, mask=mr_mask)
+    tl.store(H + mr_offs, h, mask=mr_mask)
+
+
+@triton.jit
+def _attn_up_kernel(
+    HQ,  # (G * n_q, R) h of this modality (the queries), ACC dtype
+    HK,  # (G * n_kv, R) h of the other modality (keys = values), ACC dtype
+    U,  # (G * n_q, D) adapter input (residual), input dtype
+    X,  # (G * n_q, D) residual stream, input dtype
+    WU,  # (D, R) up-projection weight, input dtype
+    BU,  # (D,) up-projection bias, input dtype
+    GATE,  # (1,) gate of this direction (alpha or beta), ACC dtype
+    OUT,  # (G * n_q, D) out: x + u + h' W_u^T + b_u, input dtype
+    ATT,  # (G * n_q, R) out: attention output softmax(h_q h_k^T) h_k, ACC dtype (written if HAS_ATTN)
+    LSE,  # (G * n_q,) out: log-sum-exp of the score rows, ACC dtype (written if HAS_ATTN)
+    n_q,
+    n_kv,
+    D,
+    R,
+    HAS_ATTN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+    PROJ_PREC: tl.constexpr,  # precision of the D-wide projection dots, see _dot_precisions
+    ATT_PREC: tl.constexpr,  # precision of the r-wide fp32 attention dots
+):
+    g = tl.program_id(0).to(tl.int64)  # frame
+    m0 = tl.program_id(1).to(tl.int64) * BLOCK_M  # first query token of this block, within the frame
+    row0 = g * n_q + m0  # int64 bases; per-element offsets below stay int32
+    HQ += row0 * R
+    ATT += row0 * R
+    LSE += row0
+    U += row0 * D
+    X += row0 * D
+    OUT += row0 * D
+    HK += g * n_kv * R
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, BLOCK_R)
+    m_mask = offs_m < n_q - m0
+    r_mask = offs_r < R
+    mr_mask = m_mask[:, None] & r_mask[None, :]
+    mr_offs = offs_m[:, None] * R + offs_r[None, :]
+
+    hq = tl.load(HQ + mr_offs, mask=mr_mask, other=0.0)  # (BLOCK_M, BLOCK_R)
+    hp = hq
+    if HAS_ATTN:
+        m_i = tl.full((BLOCK_M,), float("-inf"), dtype=ACC)
+        l_i = tl.zeros((BLOCK_M,), dtype=ACC)
+        acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=ACC)
+        for n0 in range(0, n_kv, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < n_kv
+            hk = tl.load(HK + offs_n[:, None] * R + offs_r[None, :], mask=n_mask[:, None] & r_mask[None, :], other=0.0)
+            s = tl.dot(hq, tl.trans(hk), input_precision=ATT_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_N)
+            s = tl.where(n_mask[None, :], s, float("-inf"))  # every block holds >= 1 valid key: m_new is finite
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            rescale = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l_i = l_i * rescale + tl.sum(p, 1)
+            acc = tl.dot(p, hk, acc * rescale[:, None], input_precision=ATT_PREC, out_dtype=ACC)
+            m_i = m_new
+        o = acc / l_i[:, None]
+        tl.store(ATT + mr_offs, o, mask=mr_mask)
+        tl.store(LSE + offs_m, m_i + tl.log(l_i), mask=m_mask)
+        gate = tl.load(GATE).to(ACC)
+        hp = hq + gate * o
+
+    # Up-projection and residual epilogue, D in chunks: out = x + u + h' W_u^T + b_u, written once.
+    hp_in = hp.to(WU.dtype.element_ty)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = offs_d < D
+        wu_t = tl.load(WU + offs_d[None, :] * R + offs_r[:, None], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
+        y = tl.dot(hp_in, wu_t, input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_D)
+        bu = tl.load(BU + offs_d, mask=d_mask, other=0.0).to(ACC)
+        md_mask = m_mask[:, None] & d_mask[None, :]
+        md_offs = offs_m[:, None] * D + offs_d[None, :]
+        x = tl.load(X + md_offs, mask=md_mask, other=0.0).to(ACC)
+        u = tl.load(U + md_offs, mask=md_mask, other=0.0).to(ACC)
+        out = x + u + y + bu[None, :]
+        tl.store(OUT + md_offs, out.to(OUT.dtype.element_ty), mask=md_mask)
+
+
+@triton.jit
+def _bwd_up_kernel(
+    DOUT,  # (n_rows, D) upstream gradient of out, input dtype
+    WU,  # (D, R) up-projection weight, input dtype
+    H,  # (n_rows, R) saved h, ACC dtype
+    ATT,  # (n_rows, R) saved attention output, ACC dtype (read if HAS_ATTN)
+    GATE,  # (1,) gate of this direction, ACC dtype
+    DHP,  # (n_rows, R) out: dL/dh' = dout W_u, ACC dtype
+    HP,  # (n_rows, R) out: h' = h + gate * O, input dtype (operand of the dW_u GEMM)
+    ROWDOT,  # (n_rows,) out: rowsum(dh' * O), ACC dtype (written if HAS_ATTN); dgate = sum, Delta = gate * rowdot
+    n_rows,
+    D,
+    R,
+    HAS_ATTN: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+    PROJ_PREC: tl.constexpr,  # precision of the D-wide projection dots, see _dot_precisions
+):
+    row0 = tl.program_id(0).to(tl.int64) * BLOCK_M  # int64 base; per-element offsets below stay int32
+    DOUT += row0 * D
+    H += row0 * R
+    ATT += row0 * R
+    DHP += row0 * R
+    HP += row0 * R
+    ROWDOT += row0
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, BLOCK_R)
+    m_mask = offs_m < n_rows - row0
+    r_mask = offs_r < R
+
+    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=ACC)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = offs_d < D
+        dout = tl.load(DOUT + offs_m[:, None] * D + offs_d[None, :], mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+        wu = tl.load(WU + offs_d[:, None] * R + offs_r[None, :], mask=d_mask[:, None] & r_mask[None, :], other=0.0)
+        acc = tl.dot(dout, wu, acc, input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_R)
+
+    mr_mask = m_mask[:, None] & r_mask[None, :]
+    mr_offs = offs_m[:, None] * R + offs_r[None, :]
+    tl.store(DHP + mr_offs, acc, mask=mr_mask)
+    hp = tl.load(H + mr_offs, mask=mr_mask, other=0.0)
+    if HAS_ATTN:
+        o = tl.load(ATT + mr_offs, mask=mr_mask, other=0.0)
+        gate = tl.load(GATE).to(ACC)
+        hp = hp + gate * o
+        tl.store(ROWDOT + offs_m, tl.sum(acc * o, 1), mask=m_mask)
+    tl.store(HP + mr_offs, hp.to(HP.dtype.element_ty), mask=mr_mask)
+
+
+@triton.jit
+def _bwd_attn_down_kernel(
+    HX,  # (G * n_x, R) h of this modality X, ACC dtype
+    HY,  # (G * n_y, R) h of the other modality Y, ACC dtype
+    DHPX,  # (G * n_x, R) dL/dh'_X, ACC dtype
+    DHPY,  # (G * n_y, R) dL/dh'_Y, ACC dtype (read if KV_ON)
+    LSEX,  # (G * n_x,) LSE of "X attends to Y", ACC dtype (read if Q_ON)
+    LSEY,  # (G * n_y,) LSE of "Y attends to X", ACC dtype (read if KV_ON)
+    RDX,  # (G * n_x,) rowsum(dh'_X * O_X), ACC dtype (read if Q_ON)
+    RDY,  # (G * n_y,) rowsum(dh'_Y * O_Y), ACC dtype (read if KV_ON)
+    GATE_X,  # (1,) gate of "X attends to Y", ACC dtype
+    GATE_Y,  # (1,) gate of "Y attends to X", ACC dtype
+    PREX,  # (G * n_x, R) saved pre-activation of X, ACC dtype
+    WD,  # (R, D) down-projection weight of X, input dtype
+    DOUT,  # (G * n_x, D) upstream gradient of out_X (the residual path of du), input dtype
+    DPRE,  # (G * n_x, R) out: dL/dpre_X, input dtype (operand of the dW_d GEMM)
+    DU,  # (G * n_x, D) out: dL/du_X = dout + dpre W_d, input dtype
+    n_x,
+    n_y,
+    D,
+    R,
+    Q_ON: tl.constexpr,  # "X attends to Y" is enabled: X gets dQ
+    KV_ON: tl.constexpr,  # "Y attends to X" is enabled: X gets dK + dV
+    ANY_ATTN: tl.constexpr,  # Q_ON or KV_ON
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr,
+    PROJ_PREC: tl.constexpr,  # precision of the D-wide projection dots, see _dot_precisions
+    ATT_PREC: tl.constexpr,  # precision of the r-wide fp32 attention dots
+):
+    g = tl.program_id(0).to(tl.int64)  # frame
+    m0 = tl.program_id(1).to(tl.int64) * BLOCK_M  # first X token of this block, within the frame
+    row0 = g * n_x + m0  # int64 bases; per-element offsets below stay int32
+    col0 = g * n_y
+    HX += row0 * R
+    DHPX += row0 * R
+    PREX += row0 * R
+    DPRE += row0 * R
+    LSEX += row0
+    RDX += row0
+    DOUT += row0 * D
+    DU += row0 * D
+    HY += col0 * R
+    DHPY += col0 * R
+    LSEY += col0
+    RDY += col0
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_r = tl.arange(0, BLOCK_R)
+    m_mask = offs_m < n_x - m0
+    r_mask = offs_r < R
+    mr_mask = m_mask[:, None] & r_mask[None, :]
+    mr_offs = offs_m[:, None] * R + offs_r[None, :]
+
+    dhp = tl.load(DHPX + mr_offs, mask=mr_mask, other=0.0)
+    dh = dhp  # h' = h + gate * attn(h): the identity path
+    if ANY_ATTN:
+        hx = tl.load(HX + mr_offs, mask=mr_mask, other=0.0)
+        gate_x = tl.load(GATE_X).to(ACC)
+        gate_y = tl.load(GATE_Y).to(ACC)
+        do_x = gate_x * dhp  # dL/dO_X
+        lse_x = tl.zeros((BLOCK_M,), dtype=ACC)
+        delta_x = tl.zeros((BLOCK_M,), dtype=ACC)
+        if Q_ON:
+            lse_x = tl.load(LSEX + offs_m, mask=m_mask, other=0.0)
+            delta_x = gate_x * tl.load(RDX + offs_m, mask=m_mask, other=0.0)
+        for n0 in range(0, n_y, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_mask = offs_n < n_y
+            nr_mask = n_mask[:, None] & r_mask[None, :]
+            nr_offs = offs_n[:, None] * R + offs_r[None, :]
+            hy = tl.load(HY + nr_offs, mask=nr_mask, other=0.0)  # (BLOCK_N, BLOCK_R)
+            s = tl.dot(hx, tl.trans(hy), input_precision=ATT_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_N), S = h_X h_Y^T
+            s = tl.where(m_mask[:, None] & n_mask[None, :], s, float("-inf"))
+            ds = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+            if Q_ON:  # X queries: P = exp(S - lse_X), dS = P (dO_X h_Y^T - Delta_X), dQ_X = dS h_Y
+                p = tl.exp(s - lse_x[:, None])
+                dp = tl.dot(do_x, tl.trans(hy), input_precision=ATT_PREC, out_dtype=ACC)
+                ds += p * (dp - delta_x[:, None])
+            if KV_ON:  # Y queries, X keys/values: P'^T = exp(S - lse_Y), dV_X = P'^T dO_Y, dK_X = dS'^T h_Y
+                lse_y = tl.load(LSEY + offs_n, mask=n_mask, other=0.0)
+                delta_y = gate_y * tl.load(RDY + offs_n, mask=n_mask, other=0.0)
+                do_y = gate_y * tl.load(DHPY + nr_offs, mask=nr_mask, other=0.0)  # (BLOCK_N, BLOCK_R)
+                pt = tl.exp(s - lse_y[None, :])
+                dpt = tl.dot(hx, tl.trans(do_y), input_precision=ATT_PREC, out_dtype=ACC)
+                ds += pt * (dpt - delta_y[None, :])
+                dh = tl.dot(pt, do_y, dh, input_precision=ATT_PREC, out_dtype=ACC)
+            dh = tl.dot(ds, hy, dh, input_precision=ATT_PREC, out_dtype=ACC)
+
+    # GELU backward and the input gradient du = dout + dpre W_d, D in chunks.
+    pre = tl.load(PREX + mr_offs, mask=mr_mask, other=0.0)
+    gelu_grad = 0.5 * (1.0 + tl.erf(pre * _SQRT1_2)) + pre * _INV_SQRT_2PI * tl.exp(-0.5 * pre * pre)
+    dpre = (dh * gelu_grad).to(DPRE.dtype.element_ty)
+    tl.store(DPRE + mr_offs, dpre, mask=mr_mask)
+    for d0 in range(0, D, BLOCK_D):
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        d_mask = offs_d < D
+        wd = tl.load(WD + offs_r[:, None] * D + offs_d[None, :], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
+        du = tl.dot(dpre, wd, input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_D)
+        md_mask = m_mask[:, None] & d_mask[None, :]
+        md_offs = offs_m[:, None] * D + offs_d[None, :]
+        du += tl.load(DOUT + md_offs, mask=md_mask, other=0.0).to(ACC)
+        tl.store(DU + md_offs, du.to(DU.dtype.element_ty), mask=md_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Capabilities, tolerances, host-side checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this backend accepts, as data (the dispatcher and ``supports`` read it)."""
+
+    cuda_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+    # The interpreter computes bf16 tl.dot wrong; fp64 runs there for gradcheck only (not tuned for GPUs).
+    interpreter_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.float64)
+    max_r: int = 128  # r-wide tiles (queries, keys, dh) stay in registers / shared memory
+    max_d: int = 16384
+    gate_dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+CAPABILITIES = Capabilities()
+
+# (atol, rtol) against the float64 torch reference evaluated on the same (rounded) inputs, for outputs and every
+# gradient, each tensor divided by max(1, max|expected|) first (weight gradients are sums over G * N rows).
+# Observed max scaled errors (interpreter, tests/kernels/test_av_adapter.py): fp32 1.1e-5, fp16 7.5e-4 (about one
+# fp16 ulp). bf16 is 8x fp16, unmeasured: the interpreter cannot run bf16 dots, so it is only checked on a GPU.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-8),
+    torch.float32: (5e-5, 5e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 3e-2),
+}
+
+_ARG_NAMES = (
+    "u_v", "u_a", "x_v", "x_a", "w_down_v", "b_down_v", "w_up_v", "b_up_v",
+    "w_down_a", "b_down_a", "w_up_a", "b_up_a",
+)  # fmt: skip
+
+
+# Dispatch policy (stgcma_fast.ops.dispatch): on CPU this kernel runs only in the interpreter, which tests use by
+# forcing the backend; on CUDA it is picked automatically once its GPU parity tests have passed there.
+AUTO_DEVICES = ("cuda",)
+GPU_VALIDATED = False  # set True after `pytest -m gpu tests/kernels/test_av_adapter.py` passes on a GPU
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
+                  alpha, beta) -> None:  # fmt: skip
+    """Raise ValueError naming expected vs received for any shape / dtype / device mismatch."""
+    if u_v.dim() != 3 or u_a.dim() != 3:
+        raise ValueError(f"expected u_v (G, N_v, D) and u_a (G, N_a, D), got {tuple(u_v.shape)} and {tuple(u_a.shape)}")
+    G, N_v, D = u_v.shape
+    r = w_down_v.shape[0] if w_down_v.dim() == 2 else -1
+    N_a = u_a.shape[1]
+    expected = {
+        "u_v": (G, N_v, D), "u_a": (G, N_a, D), "x_v": (G, N_v, D), "x_a": (G, N_a, D),
+        "w_down_v": (r, D), "b_down_v": (r,), "w_up_v": (D, r), "b_up_v": (D,),
+        "w_down_a": (r, D), "b_down_a": (r,), "w_up_a": (D, r), "b_up_a": (D,),
+    }  # fmt: skip
+    tensors = dict(zip(_ARG_NAMES, (u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v,
+                                    w_down_a, b_down_a, w_up_a, b_up_a)))  # fmt: skip
+    for name, t in tensors.items():
+        if tuple(t.shape) != expected[name]:
+            raise ValueError(
+                f"expected {name} of shape {expected[name]} (G={G}, N_v={N_v}, N_a={N_a}, D={D}, r={r} from u_v, u_a "
+                f"and w_down_v), got {tuple(t.shape)}"
+            )
+        if t.dtype != u_v.dtype:
+            raise ValueError(f"expected {name} of dtype {u_v.dtype} (the dtype of u_v), got {t.dtype}")
+        if t.device != u_v.device:
+            raise ValueError(f"expected {name} on {u_v.device} (the device of u_v), got {t.device}")
+    for name, t in (("alpha", alpha), ("beta", beta)):
+        if t.numel() != 1 or t.dim() > 1:
+            raise ValueError(f"expected {name} to be a scalar tensor of shape () or (1,), got {tuple(t.shape)}")
+        if t.device != u_v.device:
+            raise ValueError(f"expected {name} on {u_v.device} (the device of u_v), got {t.device}")
+        if t.dtype not in CAPABILITIES.gate_dtypes:
+            raise ValueError(f"expected {name} of a floating dtype {CAPABILITIES.gate_dtypes}, got {t.dtype}")
+    if min(G, N_v, N_a, D, r) < 1:
+        raise ValueError(f"expected non-empty inputs, got G={G}, N_v={N_v}, N_a={N_a}, D={D}, r={r}")
+
+
+def supports(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
+             alpha, beta, a2v: bool = True, v2a: bool = True) -> str | None:  # fmt: skip
+    """None if the Triton kernel accepts these inputs (same signature as ``av_adapter``), else the reason why not."""
+    try:
+        _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
+                      alpha, beta)  # fmt: skip
+    except ValueError as e:
+        return str(e)
+    dev, dtype = u_v.device, u_v.dtype
+    if dev.type == "cuda":
+        if _interpreting():
+            return "device cuda while TRITON_INTERPRET=1 (the interpreter runs on CPU tensors)"
+        if dtype not in CAPABILITIES.cuda_dtypes:
+            return f"dtype {dtype} not supported on cuda (supported: {CAPABILITIES.cuda_dtypes})"
+    elif dev.type == "cpu":
+        if not _interpreting():
+            return "device cpu needs TRITON_INTERPRET=1"
+        if dtype not in CAPABILITIES.interpreter_dtypes:
+            supported = CAPABILITIES.interpreter_dtypes
+            return f"dtype {dtype} not supported under the Triton interpreter (supported: {supported})"
+    else:
+        return f"device {dev.type} not supported (cuda, or cpu with TRITON_INTERPRET=1)"
+    r, D = w_down_v.shape
+    if r > CAPABILITIES.max_r:
+        return f"r={r} > {CAPABILITIES.max_r}"
+    if D > CAPABILITIES.max_d:
+        return f"D={D} > {CAPABILITIES.max_d}"
+    return None
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Block sizes and launch options of one kernel (all block dims powers of two, >= 16 for tl.dot)."""
+
+    block_m: int  # rows (queries) per program
+    block_n: int  # keys per attention-loop step (attention kernels only)
+    num_warps: int
+    num_stages: int
+
+
+BLOCK_D = 64  # chunk of D in every projection loop: D = 1536 runs in 24 steps, shared memory stays bounded
+# Per padded bottleneck BLOCK_R: configs chosen from sm_90 AOT compiles (ptxas): no or little register spilling,
+# shared memory < 164 KB (A100 limit). Not benchmarked: no GPU was available when this was written.
+_LAUNCH: dict[int, dict[str, _Launch]] = {
+    32: {"down": _Launch(64, 0, 4, 2), "attn_fwd": _Launch(64, 32, 8, 2),
+         "up_bwd": _Launch(64, 0, 4, 2), "attn_bwd": _Launch(64, 32, 8, 2)},
+    64: {"down": _Launch(64, 0, 4, 2), "attn_fwd": _Launch(64, 32, 4, 2),
+         "up_bwd": _Launch(64, 0, 4, 2), "attn_bwd": _Launch(32, 32, 4, 2)},
+    128: {"down": _Launch(64, 0, 8, 2), "attn_fwd": _Launch(64, 32, 8, 2),
+          "up_bwd": _Launch(64, 0, 8, 2), "attn_bwd": _Launch(32, 32, 4, 2)},
+}  # fmt: skip
+
+
+def _block_r(r: int) -> int:
+    """r padded to a power of two >= 32 (r = 24 -> 32, 48 -> 64, 96 -> 128); tl.dot needs K >= 16."""
+    return max(32, triton.next_power_of_2(r))
+
+
+def _acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _dot_precisions(dtype: torch.dtype) -> tuple[str, str]:
+    """(projection, attention) tl.dot input precisions.
+
+    The r-wide attention dots always see fp32 operands: plain tf32 would move scores of ~1e4 by whole units, "ieee"
+    (FMA) spills registers badly on the GPU, so they use "tf32x3" (fp32-level accuracy on tensor cores). The D-wide
+    projections run on the input dtype: 16-bit inputs ignore the setting ("tf32", the default), fp32 inputs get
+    "tf32x3" too. fp64 (interpreter only) and ROCm (no tf32x3) use "ieee".
+    """
+    if dtype == torch.float64 or torch.version.hip is not None:
+        return "ieee", "ieee"
+    return ("tf32x3" if dtype == torch.float32 else "tf32"), "tf32x3"
+
+
+def _gate(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    return t.detach().reshape(1).to(acc).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def av_adapter_forward(
+    u_v: torch.Tensor,  # (G, N_v, D)
+    u_a: torch.Tensor,  # (G, N_a, D)
+    x_v: torch.Tensor,  # (G, N_v, D)
+    x_a: torch.Tensor,  # (G, N_a, D)
+    w_down_v: torch.Tensor,  # (r, D)
+    b_down_v: torch.Tensor,  # (r,)
+    w_up_v: torch.Tensor,  # (D, r)
+    b_up_v: torch.Tensor,  # (D,)
+    w_down_a: torch.Tensor,  # (r, D)
+    b_down_a: torch.Tensor,  # (r,)
+    w_up_a: torch.Tensor,  # (D, r)
+    b_up_a: torch.Tensor,  # (D,)
+    alpha: torch.Tensor,  # ()
+    beta: torch.Tensor,  # ()
+    a2v: bool = True,
+    v2a: bool = True,
+) -> tuple[torch.Tensor, ...]:
+    """Run the forward kernels.
+
+    Returns ``(out_v, out_a, pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a)``: the two outputs in the input dtype,
+    then what backward needs, in fp32 (fp64 for fp64 inputs): pre-activations and h (G, N, r), attention outputs
+    O (G, N, r) and their log-sum-exp (G, N). O / LSE of a disabled direction are left uninitialised.
+    """
+    _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
+                  alpha, beta)  # fmt: skip
+    G, N_v, D = u_v.shape
+    N_a = u_a.shape[1]
+    r = w_down_v.shape[0]
+    acc_t, acc_tl = _acc_dtypes(u_v.dtype)
+    prec, att_prec = _dot_precisions(u_v.dtype)
+    block_r = _block_r(r)
+    cfg = _LAUNCH[block_r]
+    u_v, u_a, x_v, x_a = (t.contiguous() for t in (u_v, u_a, x_v, x_a))
+    w_down_v, b_down_v, w_up_v, b_up_v = (t.contiguous() for t in (w_down_v, b_down_v, w_up_v, b_up_v))
+    w_down_a, b_down_a, w_up_a, b_up_a = (t.contiguous() for t in (w_down_a, b_down_a, w_up_a, b_up_a))
+    alpha_c, beta_c = _gate(alpha, acc_t), _gate(beta, acc_t)
+
+    saved = []
+    for u, w_d, b_d, n in ((u_v, w_down_v, b_down_v, N_v), (u_a, w_down_a, b_down_a, N_a)):
+        pre = torch.empty((G, n, r), device=u.device, dtype=acc_t)
+        h = torch.empty((G, n, r), device=u.device, dtype=acc_t)
+        c = cfg["down"]
+        _down_gelu_kernel[(triton.cdiv(G * n, c.block_m),)](
+            u, w_d, b_d, pre, h, G * n, D, r,
+            BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, ACC=acc_tl, PROJ_PREC=prec,
+            num_warps=c.num_warps, num_stages=c.num_stages,
+        )  # fmt: skip
+        saved.append((pre, h))
+    (pre_v, h_v), (pre_a, h_a) = saved
+
+    outs = []
+    for hq, hk, u, x, w_u, b_u, gate, n_q, n_kv, on in (
+        (h_v, h_a, u_v, x_v, w_up_v, b_up_v, alpha_c, N_v, N_a, a2v),
+        (h_a, h_v, u_a, x_a, w_up_a, b_up_a, beta_c, N_a, N_v, v2a),
+    ):
+        out = torch.empty_like(u)
+        o = torch.empty((G, n_q, r), device=u.device, dtype=acc_t)
+        lse = torch.empty((G, n_q), device=u.device, dtype=acc_t)
+        c = cfg["attn_fwd"]
+        _attn_up_kernel[(G, triton.cdiv(n_q, c.block_m))](
+            hq, hk, u, x, w_u, b_u, gate, out, o, lse, n_q, n_kv, D, r,
+            HAS_ATTN=bool(on), BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r, BLOCK_D=BLOCK_D, ACC=acc_tl,
+            PROJ_PREC=prec, ATT_PREC=att_prec, num_warps=c.num_warps, num_stages=c.num_stages,
+        )  # fmt: skip
+        outs.append((out, o, lse))
+    (out_v, o_v, lse_v), (out_a, o_a, lse_a) = outs
+    return out_v, out_a, pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a
+
+
+def av_adapter_backward(
+    dout_v: torch.Tensor,  # (G, N_v, D)
+    dout_a: torch.Tensor,  # (G, N_a, D)
+    u_v: torch.Tensor,  # (G, N_v, D)
+    u_a: torch.Tensor,  # (G, N_a, D)
+    w_down_v: torch.Tensor,  # (r, D)
+    w_up_v: torch.Tensor,  # (D, r)
+    w_down_a: torch.Tensor,  # (r, D)
+    w_up_a: torch.Tensor,  # (D, r)
+    alpha: torch.Tensor,  # ()
+    beta: torch.Tensor,  # ()
+    pre_v: torch.Tensor,  # (G, N_v, r) saved, ACC dtype
+    h_v: torch.Tensor,  # (G, N_v, r) saved
+    o_v: torch.Tensor,  # (G, N_v, r) saved
+    lse_v: torch.Tensor,  # (G, N_v) saved
+    pre_a: torch.Tensor,  # (G, N_a, r) saved
+    h_a: torch.Tensor,  # (G, N_a, r) saved
+    o_a: torch.Tensor,  # (G, N_a, r) saved
+    lse_a: torch.Tensor,  # (G, N_a) saved
+    a2v: bool = True,
+    v2a: bool = True,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of every input except x_v / x_a (whose gradients are dout_v / dout_a themselves).
+
+    Returns ``(du_v, du_a, dw_down_v, db_down_v, dw_up_v, db_up_v, dw_down_a, db_down_a, dw_up_a, db_up_a, dalpha,
+    dbeta)``; the gate gradient of a disabled direction is zero.
+    """
+    G, N_v, D = u_v.shape
+    N_a = u_a.shape[1]
+    r = w_down_v.shape[0]
+    dtype = u_v.dtype
+    acc_t, acc_tl = _acc_dtypes(dtype)
+    for name, t, shape, want in (
+        ("dout_v", dout_v, (G, N_v, D), None), ("dout_a", dout_a, (G, N_a, D), None),
+        ("pre_v", pre_v, (G, N_v, r), acc_t), ("h_v", h_v, (G, N_v, r), acc_t),
+        ("o_v", o_v, (G, N_v, r), acc_t), ("lse_v", lse_v, (G, N_v), acc_t),
+        ("pre_a", pre_a, (G, N_a, r), acc_t), ("h_a", h_a, (G, N_a, r), acc_t),
+        ("o_a", o_a, (G, N_a, r), acc_t), ("lse_a", lse_a, (G, N_a), acc_t),
+    ):  # fmt: skip
+        if tuple(t.shape) != shape:
+            raise ValueError(f"expected {name} of shape {shape}, got {tuple(t.shape)}")
+        if want is not None and t.dtype != want:
+            raise ValueError(f"expected saved {name} of dtype {want} (from av_adapter_forward), got {t.dtype}")
+    pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a = (
+        t.contiguous() for t in (pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a)
+    )
+    prec, att_prec = _dot_precisions(dtype)
+    block_r = _block_r(r)
+    cfg = _LAUNCH[block_r]
+    dout_v, dout_a = dout_v.to(dtype).contiguous(), dout_a.to(dtype).contiguous()
+    u_v, u_a = u_v.contiguous(), u_a.contiguous()
+    w_down_v, w_up_v, w_down_a, w_up_a = (t.contiguous() for t in (w_down_v, w_up_v, w_down_a, w_up_a))
+    alpha_c, beta_c = _gate(alpha, acc_t), _gate(beta, acc_t)
+
+    # 1. dh' = dout W_u, h' for the dW_u GEMM, rowdot = rowsum(dh' * O).
+    side = []
+    for dout, w_u, h, o, gate, n, on in ((dout_v, w_up_v, h_v, o_v, alpha_c, N_v, a2v),
+                                         (dout_a, w_up_a, h_a, o_a, beta_c, N_a, v2a)):  # fmt: skip
+        dhp = torch.empty((G, n, r), device=dout.device, dtype=acc_t)
+        hp = torch.empty((G, n, r), device=dout.device, dtype=dtype)
+        rowdot = torch.zeros((G, n), device=dout.device, dtype=acc_t)
+        c = cfg["up_bwd"]
+        _bwd_up_kernel[(triton.cdiv(G * n, c.block_m),)](
+            dout, w_u, h, o, gate, dhp, hp, rowdot, G * n, D, r,
+            HAS_ATTN=bool(on), BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, ACC=acc_tl, PROJ_PREC=prec,
+            num_warps=c.num_warps, num_stages=c.num_stages,
+        )  # fmt: skip
+        side.append((dhp, hp, rowdot))
+    (dhp_v, hp_v, rd_v), (dhp_a, hp_a, rd_a) = side
+
+    # 2. Attention backward (both directions from one pass over the shared scores), GELU backward, du.
+    grads = []
+    # X = this side, Y = the other one; q_on: "X attends to Y" is on, kv_on: "Y attends to X" is on.
+    for (hx, hy, dhpx, dhpy, lsex, lsey, rdx, rdy, gx, gy, prex, w_d, dout, n_x, n_y, q_on, kv_on) in (
+        (h_v, h_a, dhp_v, dhp_a, lse_v, lse_a, rd_v, rd_a, alpha_c, beta_c, pre_v, w_down_v, dout_v, N_v, N_a,
+         a2v, v2a),
+        (h_a, h_v, dhp_a, dhp_v, lse_a, lse_v, rd_a, rd_v, beta_c, alpha_c, pre_a, w_down_a, dout_a, N_a, N_v,
+         v2a, a2v),
+    ):  # fmt: skip
+        dpre = torch.empty((G, n_x, r), device=dout.device, dtype=dtype)
+        du = torch.empty_like(dout)
+        c = cfg["attn_bwd"]
+        _bwd_attn_down_kernel[(G, triton.cdiv(n_x, c.block_m))](
+            hx, hy, dhpx, dhpy, lsex, lsey, rdx, rdy, gx, gy, prex, w_d, dout, dpre, du, n_x, n_y, D, r,
+            Q_ON=bool(q_on), KV_ON=bool(kv_on), ANY_ATTN=bool(q_on or kv_on),
+            BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r, BLOCK_D=BLOCK_D, ACC=acc_tl, PROJ_PREC=prec,
+            ATT_PREC=att_prec, num_warps=c.num_warps, num_stages=c.num_stages,
+        )  # fmt: skip
+        grads.append((dpre, du))
+    (dpre_v, du_v), (dpre_a, du_a) = grads
+
+    # 3. Weight reductions: torch GEMMs (fp32 accumulation inside cuBLAS) and sums.
+    def weight_grads(dout, u, hp, dpre):
+        dout2, u2 = dout.reshape(-1, D), u.reshape(-1, D)
+        dpre2 = dpre.reshape(-1, r)
+        dw_up = dout2.t().mm(hp.reshape(-1, r))  # (D, r)
+        db_up = dout2.sum(0, dtype=acc_t).to(dtype)  # (D,)
+        dw_down = dpre2.t().mm(u2)  # (r, D)
+        db_down = dpre2.sum(0, dtype=acc_t).to(dtype)  # (r,)
+        return dw_down, db_down, dw_up, db_up
+
+    dw_down_v, db_down_v, dw_up_v, db_up_v = weight_grads(dout_v, u_v, hp_v, dpre_v)
+    dw_down_a, db_down_a, dw_up_a, db_up_a = weight_grads(dout_a, u_a, hp_a, dpre_a)
+    dalpha = rd_v.sum().to(alpha.dtype).reshape(alpha.shape)  # zero when a2v is off (rowdot left at 0)
+    dbeta = rd_a.sum().to(beta.dtype).reshape(beta.shape)
+    return (du_v, du_a, dw_down_v, db_down_v, dw_up_v, db_up_v, dw_down_a, db_down_a, dw_up_a, db_up_a,
+            dalpha, dbeta)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# autograd.Function (eager) and torch.library custom ops (torch.compile)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class AVAdapterFunction(torch.autograd.Function):
+    """Eager autograd wrapper around the launchers; ``av_adapter`` uses the custom op, which compiles."""
+
+    @staticmethod
+    def forward(ctx, u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
+                alpha, beta, a2v=True, v2a=True):  # fmt: skip
+        res = av_adapter_forward(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a,
+                                 w_up_a, b_up_a, alpha, beta, a2v, v2a)  # fmt: skip
+        ctx.save_for_backward(u_v, u_a, w_down_v, w_up_v, w_down_a, w_up_a, alpha, beta, *res[2:])
+        ctx.flags = (a2v, v2a)
+        return res[0], res[1]
+
+    @staticmethod
+    def backward(ctx, dout_v, dout_a):
+        a2v, v2a = ctx.flags
+        u_v, u_a = ctx.saved_tensors[:2]
+        dout_v = torch.zeros_like(u_v) if dout_v is None else dout_v
+        dout_a = torch.zeros_like(u_a) if dout_a is None else dout_a
+        g = av_adapter_backward(dout_v, dout_a, *ctx.saved_tensors, a2v, v2a)
+        return (g[0], g[1], dout_v, dout_a, *g[2:10], g[10] if a2v else None, g[11] if v2a else None, None, None)
+
+
+_Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                 torch.Tensor, torch.Tensor, torch.Tensor]  # fmt: skip
+_Grads = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+               torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # fmt: skip
+
+
+@torch.library.custom_op("stgcma_fast::av_adapter", mutates_args=())
+def _av_adapter_op(
+    u_v: torch.Tensor, u_a: torch.Tensor, x_v: torch.Tensor, x_a: torch.Tensor,
+    w_down_v: torch.Tensor, b_down_v: torch.Tensor, w_up_v: torch.Tensor, b_up_v: torch.Tensor,
+    w_down_a: torch.Tensor, b_down_a: torch.Tensor, w_up_a: torch.Tensor, b_up_a: torch.Tensor,
+    alpha: torch.Tensor, beta: torch.Tensor, a2v: bool, v2a: bool,
+) -> _Outputs:  # fmt: skip
+    """(out_v, out_a, pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a), see ``av_adapter_forward``."""
+    return av_adapter_forward(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a,
+                              w_up_a, b_up_a, alpha, beta, a2v, v2a)  # fmt: skip
+
+
+@_av_adapter_op.register_fake
+def _(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a, alpha, beta,
+      a2v, v2a):  # fmt: skip
+    _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
+                  alpha, beta)  # fmt: skip
+    G, N_v, _ = u_v.shape
+    N_a, r = u_a.shape[1], w_down_v.shape[0]
+    acc_t, _ = _acc_dtypes(u_v.dtype)
+    side = []
+    for n in (N_v, N_a):
+        side += [u_v.new_empty((G, n, r), dtype=acc_t) for _ in range(3)] + [u_v.new_empty((G, n), dtype=acc_t)]
+    return (torch.empty_like(u_v), torch.empty_like(u_a), *side)
+
+
+@torch.library.custom_op("stgcma_fast::av_adapter_backward", mutates_args=())
+def _av_adapter_backward_op(
+    dout_v: torch.Tensor, dout_a: torch.Tensor, u_v: torch.Tensor, u_a: torch.Tensor,
+    w_down_v: torch.Tensor, w_up_v: torch.Tensor, w_down_a: torch.Tensor, w_up_a: torch.Tensor,
+    alpha: torch.Tensor, beta: torch.Tensor,
+    pre_v: torch.Tensor, h_v: torch.Tensor, o_v: torch.Tensor, lse_v: torch.Tensor,
+    pre_a: torch.Tensor, h_a: torch.Tensor, o_a: torch.Tensor, lse_a: torch.Tensor,
+    a2v: bool, v2a: bool,
+) -> _Grads:  # fmt: skip
+    """(du_v, du_a, dw_down_v, db_down_v, dw_up_v, db_up_v, dw_down_a, db_down_a, dw_up_a, db_up_a, dalpha, dbeta)."""
+    return av_adapter_backward(dout_v, dout_a, u_v, u_a, w_down_v, w_up_v, w_down_a, w_up_a, alpha, beta,
+                               pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a, a2v, v2a)  # fmt: skip
+
+
+@_av_adapter_backward_op.register_fake
+def _(dout_v, dout_a, u_v, u_a, w_down_v, w_up_v, w_down_a, w_up_a, alpha, beta,
+      pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a, a2v, v2a):  # fmt: skip
+    r, D = w_down_v.shape
+    vec = lambda n: u_v.new_empty((n,))  # noqa: E731
+    return (torch.empty_like(u_v), torch.empty_like(u_a),
+            torch.empty_like(w_down_v), vec(r), torch.empty_like(w_up_v), vec(D),
+            torch.empty_like(w_down_a), vec(r), torch.empty_like(w_up_a), vec(D),
+            torch.empty_like(alpha), torch.empty_like(beta))  # fmt: skip
+
+
+def _setup_context(ctx, inputs, output):
+    u_v, u_a, _, _, w_down_v, _, w_up_v, _, w_down_a, _, w_up_a, _, alpha, beta, a2v, v2a = inputs
+    ctx.save_for_backward(u_v, u_a, w_down_v, w_up_v, w_down_a, w_up_a, alpha, beta, *output[2:])
+    ctx.flags = (a2v, v2a)
+
+
+def _backward(ctx, dout_v, dout_a, *_aux_grads):
+    """Gradients for the 16 op inputs; the saved intermediates (outputs 2..9) are internal and get none."""
+    a2v, v2a = ctx.flags
+    u_v, u_a = ctx.saved_tensors[:2]
+    dout_v = torch.zeros_like(u_v) if dout_v is None else dout_v
+    dout_a = torch.zeros_like(u_a) if dout_a is None else dout_a
+    g = _av_adapter_backward_op(dout_v, dout_a, *ctx.saved_tensors, a2v, v2a)
+    return (g[0], g[1], dout_v, dout_a, *g[2:10], g[10] if a2v else None, g[11] if v2a else None, None, None)
+
+
+_av_adapter_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def av_adapter(
+    u_v: torch.Tensor,  # (G, N_v, D) video adapter input (the frozen MHSA or FFN output)
+    u_a: torch.Tensor,  # (G, N_a, D) audio adapter input
+    x_v: torch.Tensor,  # (G, N_v, D) video residual stream
+    x_a: torch.Tensor,  # (G, N_a, D) audio residual stream
+    w_down_v: torch.Tensor,  # (r, D)
+    b_down_v: torch.Tensor,  # (r,)
+    w_up_v: torch.Tensor,  # (D, r)
+    b_up_v: torch.Tensor,  # (D,)
+    w_down_a: torch.Tensor,  # (r, D)
+    b_down_a: torch.Tensor,  # (r,)
+    w_up_a: torch.Tensor,  # (D, r)
+    b_up_a: torch.Tensor,  # (D,)
+    alpha: torch.Tensor,  # () gate of audio -> video attention
+    beta: torch.Tensor,  # () gate of video -> audio attention
+    a2v: bool = True,  # False: alpha is fixed at zero, the video branch does not read audio
+    v2a: bool = True,  # False: beta is fixed at zero, the audio branch does not read video
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton AV-Adapter with residual epilogue; same contract as ``stgcma_fast.ops.torch_ops.av_adapter``.
+
+    Returns (out_v (G, N_v, D), out_a (G, N_a, D)) in the input dtype. Differentiable w.r.t. every tensor input,
+    traceable by ``torch.compile(fullgraph=True)`` (a ``torch.library.custom_op``).
+    """
+    res = _av_adapter_op(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a,
+                         b_up_a, alpha, beta, bool(a2v), bool(v2a))  # fmt: skip
+    return res[0], res[1]

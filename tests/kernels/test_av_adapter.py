@@ -1,0 +1,293 @@
+"""Triton AV-Adapter against the plain-torch contract ``stgcma_fast.ops.torch_ops.av_adapter`` in float64.
+
+Without a GPU the kernels run under TRITON_INTERPRET=1 (set by tests/conftest.py) on CPU tensors: fp32 and fp16
+(the interpreter computes bf16 tl.dot wrong, so bf16 is tested on CUDA only). Outputs AND every gradient (u_v,
+u_a, x_v, x_a, the eight weights and biases, alpha, beta) are compared, with the same random upstream gradient.
+
+Comparison: ``|actual - expected| <= atol * scale + rtol * |expected|`` with ``scale = max(1, max|expected|)`` of
+each tensor: weight gradients are sums over G * N rows, so their absolute error grows with their magnitude.
+(atol, rtol) come from ``av_adapter.TOLERANCES``. Max scaled abs errors observed under the interpreter: fp32 1.1e-5,
+fp16 7.1e-4 (about one fp16 ulp); the ill-conditioned large-score case ~1e-3 in both, the same as torch's own fp32
+evaluation of the contract; fp64 ~1e-14.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from stgcma_fast.kernels import av_adapter as ava
+from stgcma_fast.ops import torch_ops
+from stgcma_fast.testing import assert_close
+
+NAMES = ("u_v", "u_a", "x_v", "x_a", "w_down_v", "b_down_v", "w_up_v", "b_up_v",
+         "w_down_a", "b_down_a", "w_up_a", "b_up_a", "alpha", "beta")  # fmt: skip
+
+
+def make_inputs(G: int, N_v: int, N_a: int, D: int, r: int, dtype: torch.dtype, device, h_scale: float = 1.0,
+                seed: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Random inputs with NONZERO up-projections and gates (zero ones would hide most bugs).
+
+    ``h_scale`` scales the down-projections: pre-activations ~ N(0, h_scale^2), so h ~ h_scale and the attention
+    scores h_v h_a^T ~ r * h_scale^2.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rn(*shape, std=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * std
+
+    def gate():  # |gate| in [0.5, 1.5), random sign
+        sign = 1.0 if float(torch.rand((), generator=g)) > 0.5 else -1.0
+        return (torch.rand((), generator=g, dtype=torch.float64) + 0.5) * sign
+
+    t = {"u_v": rn(G, N_v, D), "u_a": rn(G, N_a, D), "x_v": rn(G, N_v, D), "x_a": rn(G, N_a, D)}
+    for m in ("v", "a"):
+        t[f"w_down_{m}"] = rn(r, D, std=h_scale / D**0.5)
+        t[f"b_down_{m}"] = rn(r, std=0.1 * h_scale)
+        t[f"w_up_{m}"] = rn(D, r, std=r**-0.5)
+        t[f"b_up_{m}"] = rn(D, std=0.1)
+    t["alpha"], t["beta"] = gate(), gate()
+    return {k: t[k].to(device=device, dtype=dtype) for k in NAMES}
+
+
+def run(fn, inputs: dict[str, torch.Tensor], grads: tuple[torch.Tensor, torch.Tensor], a2v: bool, v2a: bool,
+        dtype: torch.dtype | None = None):  # fmt: skip
+    """Forward + backward of ``fn`` on leaf copies of ``inputs`` (cast to ``dtype``). Returns (outputs, grads)."""
+    leaves = {k: v.detach().to(dtype or v.dtype).requires_grad_() for k, v in inputs.items()}
+    outs = fn(*(leaves[k] for k in NAMES), a2v=a2v, v2a=v2a)
+    torch.autograd.backward(outs, [g.to(outs[0].dtype) for g in grads])
+    return [o.detach() for o in outs], {k: v.grad for k, v in leaves.items()}
+
+
+def check(actual: torch.Tensor | None, expected: torch.Tensor | None, dtype: torch.dtype, name: str,
+          atol: float | None = None) -> float:  # fmt: skip
+    """Scale-aware closeness (see module docstring). Returns the max scaled abs error."""
+    if expected is None:  # a disabled gate: the reference never reads it
+        assert actual is None or not bool(actual.abs().gt(0).any()), f"{name}: expected no gradient, got {actual}"
+        return 0.0
+    assert actual is not None, f"{name}: missing gradient"
+    assert torch.isfinite(actual).all(), f"{name} has NaN/Inf"
+    table_atol, rtol = ava.TOLERANCES[dtype]
+    scale = max(1.0, float(expected.abs().max()))
+    assert_close(actual / scale, expected / scale, atol or table_atol, rtol, name=f"{name} (divided by {scale:.3g})")
+    return scaled_err(actual, expected)
+
+
+def scaled_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected).abs().max()) / max(1.0, float(expected.abs().max()))
+
+
+def compare(case, dtype, device, a2v=True, v2a=True, h_scale=1.0, fn=ava.av_adapter, baseline=False) -> float:
+    """Kernel vs the fp64 reference on the same inputs, outputs and all gradients.
+
+    ``baseline=True`` (ill-conditioned inputs): the tolerance of each tensor is widened to 5x the error that the
+    torch contract itself makes when evaluated in ``dtype``, if that is larger than the table's atol.
+    """
+    G, N_v, N_a, D, r = case
+    inputs = make_inputs(G, N_v, N_a, D, r, dtype, device, h_scale=h_scale)
+    reason = ava.supports(*(inputs[k] for k in NAMES), a2v=a2v, v2a=v2a)
+    if reason is not None:
+        pytest.skip(reason)
+    grads = (torch.randn(G, N_v, D, device=device).to(dtype), torch.randn(G, N_a, D, device=device).to(dtype))
+    outs, dgrads = run(fn, inputs, grads, a2v, v2a)
+    ref_outs, ref_grads = run(torch_ops.av_adapter, inputs, grads, a2v, v2a, dtype=torch.float64)
+    actual = dict(zip(("out_v", "out_a"), outs)) | {f"grad {k}": dgrads[k] for k in NAMES}
+    expected = dict(zip(("out_v", "out_a"), ref_outs)) | {f"grad {k}": ref_grads[k] for k in NAMES}
+    allowed = dict.fromkeys(actual, None)
+    if baseline:
+        base_outs, base_grads = run(torch_ops.av_adapter, inputs, grads, a2v, v2a)
+        base = dict(zip(("out_v", "out_a"), base_outs)) | {f"grad {k}": base_grads[k] for k in NAMES}
+        for k, b in base.items():
+            if b is not None and expected[k] is not None and torch.isfinite(b).all():
+                allowed[k] = max(ava.TOLERANCES[dtype][0], 5 * scaled_err(b, expected[k]))
+    worst = max(check(actual[k], expected[k], dtype, k, allowed[k]) for k in actual)
+    if os.environ.get("AVA_REPORT"):
+        print(f"\nAVA_REPORT {dtype} {case} a2v={a2v} v2a={v2a} h_scale={h_scale}: max scaled err {worst:.3e}")
+    return worst
+
+
+# Blocks (av_adapter._LAUNCH): 64 query rows forward, 32 or 64 in the attention backward, 32 keys per step, D in
+# chunks of 64. Token counts are never multiples of them: 197 tokens = 4..7 row or key blocks, 49 = 2, 5 and 17 = 1.
+TOKENS = [(50, 49), (197, 49), (17, 5), (49, 197)]  # (N_v, N_a); the last has audio longer than video
+DTYPES = [torch.float32, torch.float16]
+
+
+@pytest.mark.parametrize("G,D", [(1, 64), (3, 128)], ids=["G1-D64", "G3-D128"])  # G x D in pairs: CPU time
+@pytest.mark.parametrize("r", [24, 48, 96], ids=lambda r: f"r{r}")
+@pytest.mark.parametrize("tokens", TOKENS, ids=lambda t: f"Nv{t[0]}-Na{t[1]}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_fp64_reference(dtype, tokens, r, G, D, device):
+    compare((G, *tokens, D, r), dtype, device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_d_not_multiple_of_block(dtype, device):
+    compare((2, 33, 20, 80, 40), dtype, device)  # D = 80: the second 64-wide D chunk is masked; r = 40 in 64
+
+
+@pytest.mark.parametrize("a2v,v2a", [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_direction_flags(a2v, v2a, dtype, device):
+    # 70 video rows = 2 or 3 row blocks; 32-key blocks: 2 for the 33 audio keys, 3 for the 70 video keys.
+    compare((2, 70, 33, 64, 96), dtype, device, a2v=a2v, v2a=v2a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_scores(dtype, device):
+    """max |h| ~ 1e2, max |score| ~ 1e4: the online max-subtracted softmax stays finite and as exact as inputs allow.
+
+    Softmax near-ties make these inputs ill-conditioned: a different fp32 summation order of the pre-activations
+    moves near-tied scores (~1e4) by ~1e-3 and the softmax gradient with them. torch itself in fp32 is ~1e-3 (scaled)
+    off the fp64 result in the gradients of u and W_d, the kernel 1e-3..3e-3 depending on its block sizes, so the
+    tolerance is the table's or 5x torch's own error in this dtype.
+    """
+    case = (2, 197, 49, 64, 48)
+    inputs = make_inputs(*case, torch.float64, "cpu", h_scale=20.0)
+    h_v = torch.nn.functional.gelu(torch.nn.functional.linear(inputs["u_v"], inputs["w_down_v"], inputs["b_down_v"]))
+    h_a = torch.nn.functional.gelu(torch.nn.functional.linear(inputs["u_a"], inputs["w_down_a"], inputs["b_down_a"]))
+    assert float(h_v.abs().max()) > 50 and float((h_v @ h_a.transpose(1, 2)).abs().max()) > 1e4  # really large
+    compare(case, dtype, device, h_scale=20.0, baseline=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bug", ["alpha+1%", "b_up_v+eps", "w_down_a-row0"])
+def test_tolerances_catch_small_bugs(dtype, bug, device):
+    """The TOLERANCES table is tight enough to fail on small, plausible mistakes (eps: a few output ulps)."""
+
+    def buggy(*args, a2v, v2a):
+        args = list(args)
+        if bug == "alpha+1%":
+            args[12] = args[12] * 1.01
+        elif bug == "b_up_v+eps":  # |out| ~ 8: fp16 ulp there is 4e-3
+            args[7] = args[7] + (0.02 if dtype == torch.float16 else 1e-3)
+        else:  # one bottleneck channel of the audio down-projection dropped
+            args[8] = torch.cat([torch.zeros_like(args[8][:1]), args[8][1:]])
+        return ava.av_adapter(*args, a2v=a2v, v2a=v2a)
+
+    with pytest.raises(AssertionError):
+        compare((2, 50, 49, 64, 48), dtype, device, fn=buggy)
+
+
+def test_autograd_function_matches_custom_op(device):
+    fn = lambda *args, a2v, v2a: ava.AVAdapterFunction.apply(*args, a2v, v2a)  # noqa: E731
+    compare((2, 50, 49, 64, 48), torch.float32, device, fn=fn)
+
+
+def test_gradcheck_float64():
+    """Numerical vs analytic gradients of every input in float64 (interpreter only: fp64 is not a GPU target).
+
+    fast_mode: the full Jacobian (~800 inputs) takes ~2 minutes under the interpreter; it passed when run once.
+    """
+    inputs = make_inputs(2, 5, 3, 16, 8, torch.float64, "cpu", h_scale=1.0)
+    reason = ava.supports(*(inputs[k] for k in NAMES))
+    if reason is not None:
+        pytest.skip(reason)
+    for a2v, v2a in ((True, True), (True, False), (False, True), (False, False)):
+        leaves = [inputs[k].clone().requires_grad_() for k in NAMES]
+        fn = lambda *t, a2v=a2v, v2a=v2a: ava.av_adapter(*t, a2v=a2v, v2a=v2a)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, leaves, fast_mode=True), (a2v, v2a)
+
+
+@pytest.mark.parametrize("a2v,v2a", [(True, True), (False, True)])
+def test_torch_compile_fullgraph(a2v, v2a):
+    """The custom op traces with zero graph breaks (fullgraph=True) and gives the eager result, forward and backward."""
+    inputs = make_inputs(2, 17, 5, 64, 24, torch.float32, "cuda" if torch.cuda.is_available() else "cpu")
+    if (reason := ava.supports(*(inputs[k] for k in NAMES))) is not None:
+        pytest.skip(reason)
+
+    def fn(*args, a2v=a2v, v2a=v2a):
+        out_v, out_a = ava.av_adapter(*args, a2v=a2v, v2a=v2a)
+        return out_v * 2.0, out_a.relu()
+
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(fn)(*(inputs[k] for k in NAMES))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    grads = (torch.randn_like(inputs["u_v"]), torch.randn_like(inputs["u_a"]))
+    outs, dgrads = run(compiled, inputs, grads, a2v, v2a)
+    ref_outs, ref_grads = run(fn, inputs, grads, a2v, v2a)
+    for name, a, e in zip(("out_v", "out_a"), outs, ref_outs):
+        assert_close(a, e, 0.0, 0.0, name=name)
+    for k in NAMES:
+        if ref_grads[k] is None:
+            assert dgrads[k] is None or not dgrads[k].any(), f"grad {k}: expected none"
+        else:
+            assert_close(dgrads[k], ref_grads[k], 1e-6, 1e-6, name=f"grad {k}")
+    torch._dynamo.reset()
+
+
+def _bad(**over):
+    inputs = make_inputs(1, 17, 5, 64, 24, torch.float32, "cpu")
+    inputs.update(over)
+    return [inputs[k] for k in NAMES]
+
+
+@pytest.mark.parametrize(
+    "over,reason",
+    [
+        (dict(x_v=torch.zeros(1, 16, 64)), "x_v of shape (1, 17, 64)"),
+        (dict(u_a=torch.zeros(1, 5, 32)), "u_a of shape (1, 5, 64)"),
+        (dict(w_up_a=torch.zeros(64, 24, dtype=torch.float16)), "dtype torch.float32"),
+        (dict(alpha=torch.zeros(2)), "alpha to be a scalar"),
+    ],
+    ids=["x_v-shape", "u_a-D", "w_up_a-dtype", "alpha-shape"],
+)
+def test_launcher_raises_and_supports_refuses(over, reason):
+    args = _bad(**over)
+    with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        ava.av_adapter_forward(*args)
+    assert reason in (ava.supports(*args) or "")
+
+
+def test_supports_reasons(monkeypatch):
+    ok = make_inputs(1, 17, 5, 64, 24, torch.float32, "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert ava.supports(*ok.values()) is None
+    big = make_inputs(1, 3, 2, 64, 300, torch.float32, "cpu")
+    assert ava.supports(*big.values()) == f"r=300 > {ava.CAPABILITIES.max_r}"
+    bf16 = {k: v.to(torch.bfloat16) for k, v in ok.items()}
+    assert "dtype torch.bfloat16 not supported under the Triton interpreter" in ava.supports(*bf16.values())
+    meta = {k: v.to("meta") for k, v in ok.items()}
+    assert "device meta not supported" in ava.supports(*meta.values())
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert ava.supports(*ok.values()) == "device cpu needs TRITON_INTERPRET=1"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU (skipped with a reason on CPU by conftest): real compilation, bf16, model-sized shapes, inductor.
+# ---------------------------------------------------------------------------------------------------------------
+
+GPU_CASES = [
+    (4, 197, 49, 768, 96),  # CLIP ViT-B/16 Base
+    (2, 197, 49, 768, 24),  # ViT-B/16 Tiny
+    (2, 257, 49, 1024, 64),  # ViT-L/14 Base
+    (2, 49, 49, 1536, 128),  # Swin-L window, widest D and r
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "G{}-Nv{}-Na{}-D{}-r{}".format(*c))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_gpu_parity(case, dtype):
+    compare(case, dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("a2v,v2a", [(True, False), (False, True)])
+def test_gpu_direction_flags_bf16(a2v, v2a):
+    compare((2, 197, 49, 768, 96), torch.bfloat16, "cuda", a2v=a2v, v2a=v2a)
+
+
+@pytest.mark.gpu
+def test_gpu_inductor_compile():
+    inputs = make_inputs(2, 197, 49, 768, 96, torch.bfloat16, "cuda")
+    compiled = torch.compile(ava.av_adapter, fullgraph=True, backend="inductor")
+    grads = (torch.randn_like(inputs["u_v"]), torch.randn_like(inputs["u_a"]))
+    outs, dgrads = run(compiled, inputs, grads, True, True)
+    ref_outs, ref_grads = run(ava.av_adapter, inputs, grads, True, True)
+    for name, a, e in zip(("out_v", "out_a"), outs, ref_outs):
+        assert_close(a, e, 1e-6, 1e-6, name=name)
+    for k in NAMES:
+        assert_close(dgrads[k], ref_grads[k], 1e-6, 1e-6, name=f"grad {k}")
