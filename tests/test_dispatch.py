@@ -31,7 +31,7 @@ def test_overrides_are_per_instance_and_validated():
     a = FastSTGCMA(tiny_config(), backends={"t_adapter": "torch"})
     b = FastSTGCMA(tiny_config())
     assert a.ops.overrides == {"t_adapter": "torch"} and b.ops.overrides == {}
-    with pytest.raises(ValueError, match=r"unknown backend 'cuda-magic' for av_adapter; expected one of \['triton', 'torch'\]"):
+    with pytest.raises(ValueError, match=r"unknown backend 'cuda-magic' for av_adapter; expected one of \["):
         a.set_backend("av_adapter", "cuda-magic")
     with pytest.raises(ValueError, match="unknown op 'attention'"):
         a.set_backend("attention", "torch")
