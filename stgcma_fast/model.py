@@ -45,12 +45,14 @@ class FastSTGCMA(STGCMABase):
         """Force ``op`` (one of ``OPS``) onto backend ``name`` for this instance; None restores automatic choice."""
         self.ops.set_backend(op, name)
 
-    def backends(self) -> dict[str, str]:
-        """The backend each op runs on for this model's device and dtype (probed with one small frame)."""
+    def backends(self, dtype: torch.dtype | None = None) -> dict[str, str]:
+        """The backend each op runs on for this model's device and activations of ``dtype`` (default: the
+        parameters' dtype; pass the autocast dtype for mixed precision), probed with one small frame.
+        ``self.ops.last`` holds what the last forward actually used."""
         p = self.backbone.patch_embed.proj.weight
         D, r, H = self.embed_dim, self.bottleneck, self.num_heads
         Nv, Na, M = self.num_video_tokens, self.num_audio_tokens, self.config.num_frames
-        z = lambda *shape: torch.zeros(shape, device=p.device, dtype=p.dtype)  # noqa: E731
+        z = lambda *shape: torch.zeros(shape, device=p.device, dtype=dtype or p.dtype)  # noqa: E731
         w = (z(r, D), z(r), z(D, r), z(D))
         probes = {
             "temporal_attention": (z(1, M, Nv, 3 * D), H, 1.0),
