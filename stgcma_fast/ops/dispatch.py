@@ -81,11 +81,12 @@ _KERNELS = "stgcma_fast.kernels"
 # Preference order per op: the first backend that accepts the inputs runs them. The plain-torch backend accepts
 # everything, so the library works on any device.
 REGISTRY: dict[str, list[Backend]] = {
-    "temporal_attention": [Backend("sdpa", "temporal_attention", _TORCH),
+    "temporal_attention": [Backend("triton", "temporal_attention", f"{_KERNELS}.temporal_attention"),
+                           Backend("sdpa", "temporal_attention", _TORCH),
                            Backend("xformers", "temporal_attention", _XFORMERS)],
     "spatial_attention": [Backend("sdpa", "spatial_attention", _TORCH),
                           Backend("xformers", "spatial_attention", _XFORMERS)],
-    "t_adapter": [Backend("torch", "t_adapter", _TORCH)],
+    "t_adapter": [Backend("triton", "t_adapter", f"{_KERNELS}.t_adapter"), Backend("torch", "t_adapter", _TORCH)],
     "av_adapter": [Backend("triton", "av_adapter", f"{_KERNELS}.av_adapter"), Backend("torch", "av_adapter", _TORCH)],
 }
 

@@ -1,0 +1,473 @@
+"""Fused T-Adapter: ``residual + row_scale * (GELU(x W_d^T + b_d) W_u^T + b_u)`` on (R, D) rows.
+
+Layout (Liger-Kernel style): private ``@triton.jit`` kernels, plain launchers (``t_adapter_forward`` /
+``t_adapter_backward``), the ``torch.autograd.Function``, the ``torch.library.custom_op`` registration, the public
+function with the signature of :func:`stgcma_fast.ops.torch_ops.t_adapter`, then capabilities and tolerances.
+
+Forward: one program per block of BLOCK_R rows. Phase 1 loops over D in BLOCK_D chunks and accumulates the
+(BLOCK_R, r) pre-activation in fp32; it is stored (the only tensor saved for backward besides the inputs) and GELU
+(erf form) is applied in registers. Phase 2 loops over D again: up-projection, bias, row scale, residual, one cast.
+
+Backward: one program per row block. It recomputes GELU and GELU' from the saved pre-activation, loops over D for
+``dg = (dy W_u) * row_scale`` while reducing fp32 partial sums of ``row_scale * dy`` (db_u), forms ``dh = dg * GELU'``
+(+ fp32 partial sums for db_d), then loops over D for ``dx = dh W_d``. It also writes ``row_scale * GELU(pre)`` so that
+the two weight gradients are plain torch GEMMs: ``dW_u = dy^T (row_scale * g)`` and ``dW_d = dh^T x``. ``dresidual`` is
+``dy`` itself; ``row_scale`` (a drop-path mask) gets no gradient.
+
+r (the bottleneck) runs in one power-of-two block of at least 16 with masks (r = 24 -> 32, 96 -> 128, at most 128).
+"""
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+# Globals read inside @triton.jit functions must be tl.constexpr (the interpreter does not check this; the GPU does).
+_SQRT_HALF = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Autotune space, written as data and pruned by explicit rules. Under TRITON_INTERPRET=1 there is no GPU benchmarker:
+# the pruner then returns the single interpreter config (few, large tiles run faster in numpy; BLOCK_D < 128 so that
+# the tests still loop over D chunks). The rules come from ptxas spill reports of sm_90 builds: BLOCK_D = 128 tiles
+# and, for fp32 (IEEE dots run on CUDA cores), tiles above 4096 elements spill.
+_GPU_CONFIGS = [
+    triton.Config({"BLOCK_R": br, "BLOCK_D": bd}, num_warps=w, num_stages=s)
+    for br, bd, w, s in [(64, 64, 4, 3), (32, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4), (128, 32, 8, 4)]
+]
+_INTERPRETER_CONFIG = triton.Config({"BLOCK_R": 128, "BLOCK_D": 64}, num_warps=4, num_stages=1)
+_MIN_BLOCK_R = min(c.kwargs["BLOCK_R"] for c in [*_GPU_CONFIGS, _INTERPRETER_CONFIG])
+
+
+
+# Dispatch policy (stgcma_fast.ops.dispatch): on CPU this kernel runs only in the interpreter, which tests use by
+# forcing the backend; on CUDA it is picked automatically once its GPU parity tests have passed there.
+AUTO_DEVICES = ("cuda",)
+GPU_VALIDATED = False  # set True after `pytest -m gpu tests/kernels/test_t_adapter.py` passes on a GPU
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    if _interpreted():
+        return [_INTERPRETER_CONFIG]
+    d_pow2, block_r = triton.next_power_of_2(named_args["D"]), kwargs["BLOCK_r"]
+    fma = kwargs["DOT_PRECISION"] == "ieee"
+    kept = [c for c in configs if c.kwargs["BLOCK_D"] <= max(32, d_pow2)
+            and (not fma or c.kwargs["BLOCK_R"] * max(c.kwargs["BLOCK_D"], block_r) <= 4096)]
+    return kept or [triton.Config({"BLOCK_R": 32, "BLOCK_D": 32}, num_warps=4, num_stages=3)]
+
+
+_AUTOTUNE = dict(configs=_GPU_CONFIGS, key=["D", "BLOCK_r", "HAS_SCALE"],
+                 prune_configs_by={"early_config_prune": _prune_configs})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Kernels
+@triton.autotune(**_AUTOTUNE)
+@triton.jit
+def _t_adapter_fwd_kernel(
+    X,  # (R, D) adapter input, rows stride_x apart, unit column stride
+    RES,  # (R, D) residual, rows stride_res apart, unit column stride
+    WD,  # (r, D) contiguous down-projection weight
+    BD,  # (r,) down-projection bias
+    WU,  # (D, r) contiguous up-projection weight
+    BU,  # (D,) up-projection bias
+    S,  # (R,) row scale (drop path); not read unless HAS_SCALE
+    OUT,  # (R, D) contiguous output, dtype of X
+    PRE,  # (R, r) contiguous pre-activation x W_d^T + b_d in ACC dtype, saved for backward
+    R,
+    D,
+    r,
+    stride_x,
+    stride_res,
+    HAS_SCALE: tl.constexpr,
+    ACC: tl.constexpr,  # tl.float32 (tl.float64 for fp64 inputs under the interpreter)
+    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 operands (no TF32), the default "tf32" (unused) for 16-bit ones
+    BLOCK_r: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    # 64-bit base offsets of this row block; in-tile offsets stay 32-bit (BLOCK_R * row stride < 2**31).
+    row0 = tl.program_id(0).to(tl.int64) * BLOCK_R
+    X += row0 * stride_x
+    RES += row0 * stride_res
+    OUT += row0 * D
+    PRE += row0 * r
+    rows = tl.arange(0, BLOCK_R)
+    row_ok = rows < R - row0
+    ks = tl.arange(0, BLOCK_r)
+    k_ok = ks < r
+
+    # Phase 1: pre = x W_d^T + b_d, accumulated over D chunks.
+    pre = tl.zeros((BLOCK_R, BLOCK_r), dtype=ACC)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        col_ok = cols < D
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        wd = tl.load(WD + ks[:, None] * D + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        pre = tl.dot(x, tl.trans(wd), pre, input_precision=DOT_PRECISION)
+    pre += tl.load(BD + ks, mask=k_ok, other=0.0).to(ACC)[None, :]
+    tl.store(PRE + rows[:, None] * r + ks[None, :], pre, mask=row_ok[:, None] & k_ok[None, :])
+    g = (0.5 * pre * (1.0 + tl.math.erf(pre * _SQRT_HALF))).to(WU.dtype.element_ty)  # padded columns stay 0
+    if HAS_SCALE:
+        scale = tl.load(S + row0 + rows, mask=row_ok, other=0.0).to(ACC)
+
+    # Phase 2: out = residual + scale * (g W_u^T + b_u), one D chunk at a time.
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        col_ok = cols < D
+        mask = row_ok[:, None] & col_ok[None, :]
+        wu = tl.load(WU + cols[:, None] * r + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        y = tl.dot(g, tl.trans(wu), input_precision=DOT_PRECISION).to(ACC)
+        y += tl.load(BU + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
+        if HAS_SCALE:
+            y = y * scale[:, None]
+        res = tl.load(RES + rows[:, None] * stride_res + cols[None, :], mask=mask, other=0.0).to(ACC)
+        tl.store(OUT + rows[:, None] * D + cols[None, :], (res + y).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(**_AUTOTUNE)
+@triton.jit
+def _t_adapter_bwd_kernel(
+    DY,  # (R, D) upstream gradient, rows stride_dy apart, unit column stride
+    PRE,  # (R, r) contiguous saved pre-activation (ACC dtype)
+    WD,  # (r, D) contiguous down-projection weight
+    WU,  # (D, r) contiguous up-projection weight
+    S,  # (R,) row scale; not read unless HAS_SCALE
+    DX,  # (R, D) contiguous output: dL/dx, dtype of X
+    DH,  # (R, r) contiguous output: dL/dpre, dtype of X (operand of the dW_d GEMM)
+    GS,  # (R, r) contiguous output: row_scale * GELU(pre), dtype of X (operand of the dW_u GEMM)
+    DBD_PART,  # (cdiv(R, MIN_BLOCK_R), r) zero-initialised ACC-dtype partial sums of dh, one row per row block
+    DBU_PART,  # (cdiv(R, MIN_BLOCK_R), D) zero-initialised ACC-dtype partial sums of row_scale * dy, likewise
+    R,
+    D,
+    r,
+    stride_dy,
+    HAS_SCALE: tl.constexpr,
+    ACC: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_r: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    row0 = pid * BLOCK_R  # 64-bit base offsets; in-tile offsets stay 32-bit
+    DY += row0 * stride_dy
+    PRE += row0 * r
+    DX += row0 * D
+    DH += row0 * r
+    GS += row0 * r
+    rows = tl.arange(0, BLOCK_R)
+    row_ok = rows < R - row0
+    ks = tl.arange(0, BLOCK_r)
+    k_ok = ks < r
+    rk_mask = row_ok[:, None] & k_ok[None, :]
+
+    pre = tl.load(PRE + rows[:, None] * r + ks[None, :], mask=rk_mask, other=0.0).to(ACC)
+    cdf = 0.5 * (1.0 + tl.math.erf(pre * _SQRT_HALF))
+    g = pre * cdf
+    dgelu = cdf + pre * _INV_SQRT_2PI * tl.exp(-0.5 * pre * pre)
+    if HAS_SCALE:
+        scale = tl.load(S + row0 + rows, mask=row_ok, other=0.0).to(ACC)
+        g = g * scale[:, None]
+    tl.store(GS + rows[:, None] * r + ks[None, :], g.to(GS.dtype.element_ty), mask=rk_mask)
+
+    # dg = (dy W_u) * scale, plus this block's partial column sums of scale * dy (db_u).
+    dg = tl.zeros((BLOCK_R, BLOCK_r), dtype=ACC)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        col_ok = cols < D
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        wu = tl.load(WU + cols[:, None] * r + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        dg = tl.dot(dy, wu, dg, input_precision=DOT_PRECISION)
+        dy = dy.to(ACC)
+        if HAS_SCALE:
+            dy = dy * scale[:, None]
+        tl.store(DBU_PART + pid * D + cols, tl.sum(dy, axis=0), mask=col_ok)
+    if HAS_SCALE:
+        dg = dg * scale[:, None]
+    dh = dg * dgelu  # padded rows and columns are 0
+    tl.store(DBD_PART + pid * r + ks, tl.sum(dh, axis=0), mask=k_ok)
+    dh = dh.to(DH.dtype.element_ty)
+    tl.store(DH + rows[:, None] * r + ks[None, :], dh, mask=rk_mask)
+
+    # dx = dh W_d, one D chunk at a time.
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        col_ok = cols < D
+        wd = tl.load(WD + ks[:, None] * D + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        dx = tl.dot(dh, wd, input_precision=DOT_PRECISION)
+        tl.store(DX + rows[:, None] * D + cols[None, :], dx.to(DX.dtype.element_ty),
+                 mask=row_ok[:, None] & col_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Launchers
+def _interpreted() -> bool:
+    """True when this module's kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
+    return isinstance(_t_adapter_fwd_kernel.fn, InterpretedFunction)
+
+
+def _acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """IEEE fp32 dots (parity with the fp64 reference); the setting only affects fp32 operands."""
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """A view with unit column stride and 32-bit in-tile offsets (rows may be strided); copies only when it has to."""
+    return t if t.stride(-1) == 1 and t.stride(0) * 128 < 2**31 else t.contiguous()
+
+
+def _raise_if_unsupported(*args) -> None:
+    reason = supports(*args)
+    if reason is not None:
+        raise ValueError(f"t_adapter Triton kernel: {reason}")
+
+
+def t_adapter_forward(
+    x: torch.Tensor,  # (R, D)
+    residual: torch.Tensor,  # (R, D)
+    w_down: torch.Tensor,  # (r, D)
+    b_down: torch.Tensor,  # (r,)
+    w_up: torch.Tensor,  # (D, r)
+    b_up: torch.Tensor,  # (D,)
+    row_scale: torch.Tensor | None = None,  # (R,)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``out`` (R, D) in the dtype of ``x`` and the fp32 pre-activation ``x W_d^T + b_d`` (R, r)."""
+    _raise_if_unsupported(x, residual, w_down, b_down, w_up, b_up, row_scale)
+    R, D = x.shape
+    r = w_down.shape[0]
+    acc_torch, acc_tl = _acc_dtypes(x.dtype)
+    out = torch.empty((R, D), dtype=x.dtype, device=x.device)
+    pre = torch.empty((R, r), dtype=acc_torch, device=x.device)
+    if R == 0:
+        return out, pre
+    x, residual = _rows(x), _rows(residual)
+    has_scale = row_scale is not None
+    grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]),)
+    _t_adapter_fwd_kernel[grid](
+        x, residual, w_down.contiguous(), b_down.contiguous(), w_up.contiguous(), b_up.contiguous(),
+        row_scale.contiguous() if has_scale else x, out, pre,
+        R, D, r, x.stride(0), residual.stride(0),
+        HAS_SCALE=has_scale, ACC=acc_tl, DOT_PRECISION=_dot_precision(x.dtype),
+        BLOCK_r=max(16, triton.next_power_of_2(r)),
+    )
+    return out, pre
+
+
+def t_adapter_backward(
+    grad_out: torch.Tensor,  # (R, D)
+    pre: torch.Tensor,  # (R, r) saved by t_adapter_forward
+    w_down: torch.Tensor,  # (r, D)
+    w_up: torch.Tensor,  # (D, r)
+    row_scale: torch.Tensor | None = None,  # (R,)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Elementwise part of the backward pass and both bias gradients.
+
+    Returns ``dx`` (R, D), ``db_down`` (r,), ``db_up`` (D,), ``dh`` (R, r) = dL/dpre and ``gs`` (R, r) =
+    ``row_scale * GELU(pre)``, all in the dtype of ``w_down``. The weight gradients are then ``dh^T x`` and
+    ``grad_out^T gs`` (see :func:`_t_adapter_grads`).
+    """
+    r, D = w_down.shape
+    R = pre.shape[0]
+    dtype = w_down.dtype
+    expected = [("grad_out", grad_out, (R, D)), ("pre", pre, (R, r)), ("w_up", w_up, (D, r))]
+    if row_scale is not None:
+        expected.append(("row_scale", row_scale, (R,)))
+    for name, t, shape in expected:
+        if tuple(t.shape) != shape:
+            raise ValueError(f"t_adapter backward: expected {name} of shape {shape}, got {tuple(t.shape)}")
+        if t.device != w_down.device:
+            raise ValueError(f"t_adapter backward: expected {name} on {w_down.device}, got {t.device}")
+    if w_up.dtype != dtype:
+        raise ValueError(f"t_adapter backward: expected w_up of dtype {dtype}, got {w_up.dtype}")
+    acc_torch, acc_tl = _acc_dtypes(dtype)
+    grad_out = _rows(grad_out.to(dtype))
+    dx = torch.empty((R, D), dtype=dtype, device=pre.device)
+    dh = torch.empty((R, r), dtype=dtype, device=pre.device)
+    gs = torch.empty((R, r), dtype=dtype, device=pre.device)
+    n_part = triton.cdiv(R, _MIN_BLOCK_R)  # enough rows of partial sums for the smallest BLOCK_R the tuner may pick
+    dbd_part = torch.zeros((n_part, r), dtype=acc_torch, device=pre.device)
+    dbu_part = torch.zeros((n_part, D), dtype=acc_torch, device=pre.device)
+    if R > 0:
+        has_scale = row_scale is not None
+        grid = lambda meta: (triton.cdiv(R, meta["BLOCK_R"]),)
+        _t_adapter_bwd_kernel[grid](
+            grad_out, pre.contiguous(), w_down.contiguous(), w_up.contiguous(),
+            row_scale.contiguous() if has_scale else pre, dx, dh, gs, dbd_part, dbu_part,
+            R, D, r, grad_out.stride(0),
+            HAS_SCALE=has_scale, ACC=acc_tl, DOT_PRECISION=_dot_precision(dtype),
+            BLOCK_r=max(16, triton.next_power_of_2(r)),
+        )
+    return dx, dbd_part.sum(0).to(dtype), dbu_part.sum(0).to(dtype), dh, gs
+
+
+def _t_adapter_grads(backward, needs_input_grad, grad_out, x, pre, w_down, w_up, row_scale):
+    """Gradients of (x, residual, w_down, b_down, w_up, b_up, row_scale) from a backward launcher or op."""
+    dx, db_down, db_up, dh, gs = backward(grad_out, pre, w_down, w_up, row_scale)
+    grad_out = grad_out.to(x.dtype)
+    dw_down = dh.t() @ x if needs_input_grad[2] else None  # (r, D) torch GEMM
+    dw_up = grad_out.t() @ gs if needs_input_grad[4] else None  # (D, r) torch GEMM
+    return dx, grad_out, dw_down, db_down, dw_up, db_up, None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Autograd
+class TAdapterFunction(torch.autograd.Function):
+    """Eager autograd wrapper around the launchers (the custom op below is the torch.compile-friendly path)."""
+
+    @staticmethod
+    def forward(ctx, x, residual, w_down, b_down, w_up, b_up, row_scale=None):
+        out, pre = t_adapter_forward(x, residual, w_down, b_down, w_up, b_up, row_scale)
+        ctx.save_for_backward(x, pre, w_down, w_up, row_scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, pre, w_down, w_up, row_scale = ctx.saved_tensors
+        return _t_adapter_grads(t_adapter_backward, ctx.needs_input_grad, grad_out, x, pre, w_down, w_up, row_scale)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# torch.library registration: custom_op (not triton_op) so that torch.compile(fullgraph=True) traces it on CPU too.
+@torch.library.custom_op("stgcma_fast::t_adapter", mutates_args=())
+def _t_adapter_op(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    w_up: torch.Tensor,
+    b_up: torch.Tensor,
+    row_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return t_adapter_forward(x, residual, w_down, b_down, w_up, b_up, row_scale)
+
+
+@_t_adapter_op.register_fake
+def _(x, residual, w_down, b_down, w_up, b_up, row_scale=None):
+    problem = _shape_problem(x, residual, w_down, b_down, w_up, b_up, row_scale)
+    if problem is not None:
+        raise ValueError(f"t_adapter Triton kernel: {problem}")
+    acc_torch, _ = _acc_dtypes(x.dtype)
+    return x.new_empty(x.shape), x.new_empty((x.shape[0], w_down.shape[0]), dtype=acc_torch)
+
+
+@torch.library.custom_op("stgcma_fast::t_adapter_backward", mutates_args=())
+def _t_adapter_backward_op(
+    grad_out: torch.Tensor,
+    pre: torch.Tensor,
+    w_down: torch.Tensor,
+    w_up: torch.Tensor,
+    row_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return t_adapter_backward(grad_out, pre, w_down, w_up, row_scale)
+
+
+@_t_adapter_backward_op.register_fake
+def _(grad_out, pre, w_down, w_up, row_scale=None):
+    (r, D), R, dtype = w_down.shape, pre.shape[0], w_down.dtype
+    return (pre.new_empty((R, D), dtype=dtype), pre.new_empty((r,), dtype=dtype), pre.new_empty((D,), dtype=dtype),
+            pre.new_empty((R, r), dtype=dtype), pre.new_empty((R, r), dtype=dtype))
+
+
+def _setup_context(ctx, inputs, output):
+    x, _, w_down, _, w_up, _, row_scale = inputs
+    ctx.save_for_backward(x, output[1], w_down, w_up, row_scale)
+
+
+def _backward(ctx, grad_out, _grad_pre):
+    x, pre, w_down, w_up, row_scale = ctx.saved_tensors
+    return _t_adapter_grads(torch.ops.stgcma_fast.t_adapter_backward, ctx.needs_input_grad, grad_out, x, pre,
+                            w_down, w_up, row_scale)
+
+
+_t_adapter_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def t_adapter(
+    x: torch.Tensor,  # (R, D) adapter input rows
+    residual: torch.Tensor,  # (R, D) added to the adapter output
+    w_down: torch.Tensor,  # (r, D)
+    b_down: torch.Tensor,  # (r,)
+    w_up: torch.Tensor,  # (D, r)
+    b_up: torch.Tensor,  # (D,)
+    row_scale: torch.Tensor | None = None,  # (R,) per-row factor on the adapter output (drop path), or None
+) -> torch.Tensor:
+    """Fused ``residual + row_scale * (GELU(x W_d^T + b_d) W_u^T + b_u)`` (exact GELU); (R, D) in the dtype of x.
+
+    Same contract as :func:`stgcma_fast.ops.torch_ops.t_adapter`; all tensors but ``row_scale`` must share x's dtype.
+    """
+    return torch.ops.stgcma_fast.t_adapter(x, residual, w_down, b_down, w_up, b_up, row_scale)[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Capabilities
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INTERPRETER_DTYPES = (torch.float32, torch.float16, torch.float64)  # bf16 tl.dot is wrong there; fp64 for gradcheck
+MAX_BOTTLENECK = 128
+
+# (atol, rtol) against a float64 reference, applied after dividing both tensors by max(1, max |reference|).
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: (2e-6, 2e-5),
+    torch.float16: (2e-3, 4e-3),
+    torch.bfloat16: (1.6e-2, 3.2e-2),
+}
+
+
+def _shape_problem(x, residual, w_down, b_down, w_up, b_up, row_scale) -> str | None:
+    if x.dim() != 2:
+        return f"expected x of shape (R, D), got {tuple(x.shape)}"
+    R, D = x.shape
+    if w_down.dim() != 2 or w_down.shape[1] != D:
+        return f"expected w_down of shape (r, D={D}), got {tuple(w_down.shape)}"
+    r = w_down.shape[0]
+    expected = [("residual", residual, (R, D)), ("b_down", b_down, (r,)), ("w_up", w_up, (D, r)), ("b_up", b_up, (D,))]
+    if row_scale is not None:
+        expected.append(("row_scale", row_scale, (R,)))
+    for name, t, shape in expected:
+        if tuple(t.shape) != shape:
+            return f"expected {name} of shape {shape}, got {tuple(t.shape)}"
+    for name, t in [("residual", residual), ("w_down", w_down), ("b_down", b_down), ("w_up", w_up), ("b_up", b_up)]:
+        if t.dtype != x.dtype:
+            return f"expected {name} of dtype {x.dtype} (the dtype of x), got {t.dtype}"
+    if row_scale is not None and not row_scale.is_floating_point():
+        return f"expected a floating-point row_scale, got {row_scale.dtype}"
+    if not 1 <= r <= MAX_BOTTLENECK:
+        return f"bottleneck r={r} outside [1, {MAX_BOTTLENECK}]"
+    if D < 1:
+        return f"expected D >= 1, got D={D}"
+    return None
+
+
+def supports(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    w_down: torch.Tensor,
+    b_down: torch.Tensor,
+    w_up: torch.Tensor,
+    b_up: torch.Tensor,
+    row_scale: torch.Tensor | None = None,
+) -> str | None:
+    """None if the Triton kernel accepts these inputs, else a human-readable reason (same arguments as the op)."""
+    problem = _shape_problem(x, residual, w_down, b_down, w_up, b_up, row_scale)
+    if problem is not None:
+        return problem
+    tensors = [x, residual, w_down, b_down, w_up, b_up] + ([row_scale] if row_scale is not None else [])
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        return f"expected all tensors on one device, got {sorted(str(d) for d in devices)}"
+    device = x.device
+    interpreted = _interpreted()
+    if device.type == "cpu" and not interpreted:
+        return "device cpu needs TRITON_INTERPRET=1"
+    if device.type not in ("cpu", "cuda"):
+        return f"device {device.type} unsupported (cuda, or cpu under TRITON_INTERPRET=1)"
+    allowed = INTERPRETER_DTYPES if interpreted else DTYPES
+    if x.dtype not in allowed:
+        why = " (the Triton interpreter computes bf16 tl.dot wrong)" if x.dtype == torch.bfloat16 else ""
+        return f"dtype {str(x.dtype).removeprefix('torch.')} unsupported{why}; supported: " + ", ".join(
+            str(d).removeprefix("torch.") for d in allowed)
+    return None

@@ -1,0 +1,395 @@
+"""Temporal self-attention across M <= 32 frames for every (batch, token, head), read straight from the qkv tensor.
+
+Layout (Liger-Kernel style): private ``@triton.jit`` kernels, plain launchers (``temporal_attention_forward`` /
+``temporal_attention_backward``), the ``torch.autograd.Function``, the ``torch.library.custom_op`` registration, the
+public function with the signature of :func:`stgcma_fast.ops.torch_ops.temporal_attention`, then capabilities and
+tolerances.
+
+The input is the frozen qkv projection, (B, M, N, 3 * H * hd) viewed as (B, M, N, 3, H, hd); q, k, v of head h are
+read with strides (any batch / frame / token stride, unit channel stride) and the output is written as
+(B, M, N, H * hd), the layout the output projection reads: no permute copies either way.
+
+Design for short sequences: a program owns one (batch, head) and a block of BLOCK_N tokens. Its ROWS = BLOCK_N *
+BLOCK_M rows are the (token, frame) pairs, frame fastest, with M padded to the power of two BLOCK_M. One
+(ROWS, hd) x (hd, ROWS) ``tl.dot`` computes the scores of all BLOCK_N problems at once; a block-diagonal mask (same
+token, key frame < M) keeps each token's M x M block, so every dot has M, N, K >= 16 on the GPU whatever M is
+(M = 10 -> 16 frames x BLOCK_N tokens). All M keys fit in the block, so the softmax is a single max-subtracted pass
+(exp2 with log2(e) folded into the scale) and there is no online rescaling loop.
+
+Forward saves the natural-log log-sum-exp of every query row, (B, H, N, M) fp32. Backward (flash-attention style,
+one program per the same tile, no atomics) recomputes P from q, k and the LSE, takes delta = rowsum(dO * O), and
+writes dq, dk, dv straight into a (B, M, N, 3 * H * hd) gradient laid out like qkv.
+
+hd: any value in [1, 128]; it runs in a power-of-two block of at least 16 with masks (80 -> 128).
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+# Globals read inside @triton.jit functions must be tl.constexpr (the interpreter does not check this; the GPU does).
+_LOG2E = tl.constexpr(1.4426950408889634)
+_LN2 = tl.constexpr(0.6931471805599453)
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Autotune space as data, pruned by explicit rules (from ptxas spill reports of sm_90 builds): 16-bit tiles up to
+# ROWS * BLOCK_HD = 8192; fp32 (IEEE dots run on CUDA cores) only up to ROWS * max(ROWS, BLOCK_HD) = 512 * num_warps.
+# Under TRITON_INTERPRET=1 (no GPU benchmarker) one block of up to 512 rows, no bigger than the problem needs.
+_GPU_CONFIGS = [
+    triton.Config({"ROWS": rows}, num_warps=w, num_stages=1)
+    for rows, w in [(64, 4), (128, 8), (32, 4), (64, 8)]
+]
+_INTERPRETER_ROWS = 512
+
+
+
+# Dispatch policy (stgcma_fast.ops.dispatch): on CPU this kernel runs only in the interpreter, which tests use by
+# forcing the backend; on CUDA it is picked automatically once its GPU parity tests have passed there.
+AUTO_DEVICES = ("cuda",)
+GPU_VALIDATED = False  # set True after `pytest -m gpu tests/kernels/test_temporal_attention.py` passes on a GPU
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    block_m, block_hd = kwargs["BLOCK_M"], kwargs["BLOCK_HD"]
+    if _interpreted():
+        rows = min(_INTERPRETER_ROWS, max(16, block_m * triton.next_power_of_2(named_args["N"])))
+        return [triton.Config({"ROWS": rows}, num_warps=4, num_stages=1)]
+    fma = kwargs["DOT_PRECISION"] == "ieee"
+    kept = [c for c in configs if c.kwargs["ROWS"] >= block_m and (
+        c.kwargs["ROWS"] * max(c.kwargs["ROWS"], block_hd) <= 512 * c.num_warps if fma
+        else c.kwargs["ROWS"] * block_hd <= 8192)]
+    return kept or [triton.Config({"ROWS": max(16, block_m)}, num_warps=4, num_stages=1)]
+
+
+_AUTOTUNE = dict(configs=_GPU_CONFIGS, key=["M", "N", "BLOCK_M", "BLOCK_HD"],
+                 prune_configs_by={"early_config_prune": _prune_configs})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Kernels
+@triton.jit
+def _tile(n_block, M, N, BLOCK_M: tl.constexpr, ROWS: tl.constexpr):
+    """Token index, frame index and validity of the ROWS (token, frame) rows of token block n_block."""
+    offs = tl.arange(0, ROWS)
+    tok = offs // BLOCK_M  # token within the block
+    frame = (offs % BLOCK_M).to(tl.int64)
+    n = n_block * (ROWS // BLOCK_M) + tok  # ROWS // BLOCK_M tokens per block
+    return tok, frame, n, (n < N) & (frame < M)
+
+
+@triton.autotune(**_AUTOTUNE)
+@triton.jit
+def _temporal_attention_fwd_kernel(
+    QKV,  # (B, M, N, 3 * H * hd), strides (stride_b, stride_m, stride_n, 1); q | k | v of head h at h*hd, (H+h)*hd, ..
+    OUT,  # (B, M, N, H * hd) contiguous output, dtype of QKV
+    LSE,  # (B, H, N, M) contiguous ACC dtype: natural-log log-sum-exp of each query row's scaled scores
+    M,
+    N,
+    H,
+    hd,
+    stride_b,
+    stride_m,
+    stride_n,
+    qk_scale,  # softmax scale * log2(e)
+    ACC: tl.constexpr,  # tl.float32 (tl.float64 for fp64 inputs under the interpreter)
+    DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 operands (no TF32), the default "tf32" (unused) for 16-bit ones
+    BLOCK_M: tl.constexpr,
+    BLOCK_HD: tl.constexpr,
+    ROWS: tl.constexpr,
+):
+    n_block = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    tok, frame, n, row_ok = _tile(n_block, M, N, BLOCK_M, ROWS)
+    d = tl.arange(0, BLOCK_HD)
+    mask = row_ok[:, None] & (d < hd)[None, :]
+
+    q_ptr = QKV + (b * stride_b + frame * stride_m + n * stride_n)[:, None] + (h * hd + d)[None, :]
+    q = tl.load(q_ptr, mask=mask, other=0.0)
+    k = tl.load(q_ptr + H * hd, mask=mask, other=0.0)
+    v = tl.load(q_ptr + 2 * H * hd, mask=mask, other=0.0)
+
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION).to(ACC)  # (ROWS, ROWS), block-diagonal part is used
+    keep = (tok[:, None] == tok[None, :]) & (frame < M)[None, :]  # every row keeps >= 1 key (M >= 1): no NaN
+    s = tl.where(keep, s * qk_scale, float("-inf"))
+    s_max = tl.max(s, axis=1)
+    p = tl.exp2(s - s_max[:, None])
+    denom = tl.sum(p, axis=1)
+    o = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION).to(ACC) / denom[:, None]
+
+    out_ptr = OUT + ((b * M + frame) * N + n)[:, None] * (H * hd) + (h * hd + d)[None, :]
+    tl.store(out_ptr, o.to(OUT.dtype.element_ty), mask=mask)
+    tl.store(LSE + ((b * H + h) * N + n) * M + frame, (s_max + tl.log2(denom)) * _LN2, mask=row_ok)
+
+
+@triton.autotune(**_AUTOTUNE)
+@triton.jit
+def _temporal_attention_bwd_kernel(
+    QKV,  # (B, M, N, 3 * H * hd), strides (stride_b, stride_m, stride_n, 1)
+    OUT,  # (B, M, N, H * hd) contiguous forward output
+    DOUT,  # (B, M, N, H * hd), strides (stride_ob, stride_om, stride_on, 1): upstream gradient
+    LSE,  # (B, H, N, M) contiguous ACC dtype, saved by the forward
+    DQKV,  # (B, M, N, 3 * H * hd) contiguous output: dq | dk | dv laid out like qkv
+    M,
+    N,
+    H,
+    hd,
+    stride_b,
+    stride_m,
+    stride_n,
+    stride_ob,
+    stride_om,
+    stride_on,
+    sm_scale,
+    qk_scale,  # sm_scale * log2(e)
+    ACC: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_HD: tl.constexpr,
+    ROWS: tl.constexpr,
+):
+    n_block = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    tok, frame, n, row_ok = _tile(n_block, M, N, BLOCK_M, ROWS)
+    d = tl.arange(0, BLOCK_HD)
+    mask = row_ok[:, None] & (d < hd)[None, :]
+
+    q_ptr = QKV + (b * stride_b + frame * stride_m + n * stride_n)[:, None] + (h * hd + d)[None, :]
+    q = tl.load(q_ptr, mask=mask, other=0.0)
+    k = tl.load(q_ptr + H * hd, mask=mask, other=0.0)
+    v = tl.load(q_ptr + 2 * H * hd, mask=mask, other=0.0)
+    o_off = ((b * M + frame) * N + n)[:, None] * (H * hd) + (h * hd + d)[None, :]
+    o = tl.load(OUT + o_off, mask=mask, other=0.0)
+    do = tl.load(DOUT + (b * stride_ob + frame * stride_om + n * stride_on)[:, None] + (h * hd + d)[None, :],
+                 mask=mask, other=0.0)
+    lse = tl.load(LSE + ((b * H + h) * N + n) * M + frame, mask=row_ok, other=0.0)
+
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION).to(ACC)
+    keep = (tok[:, None] == tok[None, :]) & (frame < M)[None, :] & row_ok[:, None]
+    p = tl.exp2(tl.where(keep, s * qk_scale - (lse * _LOG2E)[:, None], float("-inf")))  # (ROWS, ROWS) softmax
+    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION).to(ACC)
+    delta = tl.sum(o.to(ACC) * do.to(ACC), axis=1)
+    ds = (p * (dp - delta[:, None])).to(q.dtype)  # dL/dscores (without sm_scale)
+    dq = tl.dot(ds, k, input_precision=DOT_PRECISION).to(ACC) * sm_scale
+    dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION).to(ACC) * sm_scale
+
+    dq_ptr = DQKV + ((b * M + frame) * N + n)[:, None] * (3 * H * hd) + (h * hd + d)[None, :]
+    tl.store(dq_ptr, dq.to(DQKV.dtype.element_ty), mask=mask)
+    tl.store(dq_ptr + H * hd, dk.to(DQKV.dtype.element_ty), mask=mask)
+    tl.store(dq_ptr + 2 * H * hd, dv.to(DQKV.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Launchers
+def _interpreted() -> bool:
+    """True when this module's kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
+    return isinstance(_temporal_attention_fwd_kernel.fn, InterpretedFunction)
+
+
+def _acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """IEEE fp32 dots (parity with the fp64 reference); the setting only affects fp32 operands."""
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def _blocks(M: int, hd: int) -> dict[str, int]:
+    return {"BLOCK_M": triton.next_power_of_2(M), "BLOCK_HD": max(16, triton.next_power_of_2(hd))}
+
+
+def _grid(B: int, N: int, H: int, block_m: int):
+    return lambda meta: (triton.cdiv(N, meta["ROWS"] // block_m), H, B)
+
+
+def temporal_attention_forward(
+    qkv: torch.Tensor,  # (B, M, N, 3 * H * hd)
+    num_heads: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the attention output (B, M, N, H * hd) in qkv's dtype and the row log-sum-exp (B, H, N, M) fp32."""
+    reason = supports(qkv, num_heads, scale)
+    if reason is not None:
+        raise ValueError(f"temporal_attention Triton kernel: {reason}")
+    B, M, N, C3 = qkv.shape
+    H, hd = num_heads, C3 // (3 * num_heads)
+    acc_torch, acc_tl = _acc_dtypes(qkv.dtype)
+    out = torch.empty((B, M, N, H * hd), dtype=qkv.dtype, device=qkv.device)
+    lse = torch.empty((B, H, N, M), dtype=acc_torch, device=qkv.device)
+    if out.numel() == 0:
+        return out, lse
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    blocks = _blocks(M, hd)
+    _temporal_attention_fwd_kernel[_grid(B, N, H, blocks["BLOCK_M"])](
+        qkv, out, lse, M, N, H, hd, qkv.stride(0), qkv.stride(1), qkv.stride(2), float(scale) * _LOG2E.value,
+        ACC=acc_tl, DOT_PRECISION=_dot_precision(qkv.dtype), **blocks,
+    )
+    return out, lse
+
+
+def temporal_attention_backward(
+    grad_out: torch.Tensor,  # (B, M, N, H * hd)
+    qkv: torch.Tensor,  # (B, M, N, 3 * H * hd)
+    out: torch.Tensor,  # (B, M, N, H * hd) forward output
+    lse: torch.Tensor,  # (B, H, N, M) saved by temporal_attention_forward
+    num_heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """Gradient of the loss with respect to qkv, (B, M, N, 3 * H * hd) in qkv's dtype."""
+    B, M, N, C3 = qkv.shape
+    H = num_heads
+    hd = C3 // (3 * H)
+    for name, t, shape in [("grad_out", grad_out, (B, M, N, H * hd)), ("out", out, (B, M, N, H * hd)),
+                           ("lse", lse, (B, H, N, M))]:
+        if tuple(t.shape) != shape:
+            raise ValueError(f"temporal_attention backward: expected {name} of shape {shape}, got {tuple(t.shape)}")
+        if t.device != qkv.device:
+            raise ValueError(f"temporal_attention backward: expected {name} on {qkv.device}, got {t.device}")
+    acc_torch, acc_tl = _acc_dtypes(qkv.dtype)
+    if lse.dtype != acc_torch:
+        raise ValueError(f"temporal_attention backward: expected lse of dtype {acc_torch}, got {lse.dtype}")
+    dqkv = torch.empty((B, M, N, C3), dtype=qkv.dtype, device=qkv.device)
+    if dqkv.numel() == 0:
+        return dqkv
+    qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
+    grad_out = grad_out.to(qkv.dtype)
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    out, lse = out.contiguous(), lse.contiguous()
+    blocks = _blocks(M, hd)
+    _temporal_attention_bwd_kernel[_grid(B, N, H, blocks["BLOCK_M"])](
+        qkv, out, grad_out, lse, dqkv, M, N, H, hd,
+        qkv.stride(0), qkv.stride(1), qkv.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        float(scale), float(scale) * _LOG2E.value, ACC=acc_tl, DOT_PRECISION=_dot_precision(qkv.dtype), **blocks,
+    )
+    return dqkv
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Autograd
+class TemporalAttentionFunction(torch.autograd.Function):
+    """Eager autograd wrapper around the launchers (the custom op below is the torch.compile-friendly path)."""
+
+    @staticmethod
+    def forward(ctx, qkv, num_heads, scale):
+        out, lse = temporal_attention_forward(qkv, num_heads, scale)
+        ctx.save_for_backward(qkv, out, lse)
+        ctx.num_heads, ctx.scale = num_heads, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qkv, out, lse = ctx.saved_tensors
+        return temporal_attention_backward(grad_out, qkv, out, lse, ctx.num_heads, ctx.scale), None, None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# torch.library registration: custom_op (not triton_op) so that torch.compile(fullgraph=True) traces it on CPU too.
+@torch.library.custom_op("stgcma_fast::temporal_attention", mutates_args=())
+def _temporal_attention_op(qkv: torch.Tensor, num_heads: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return temporal_attention_forward(qkv, num_heads, scale)
+
+
+@_temporal_attention_op.register_fake
+def _(qkv, num_heads, scale):
+    problem = _shape_problem(qkv, num_heads)
+    if problem is not None:
+        raise ValueError(f"temporal_attention Triton kernel: {problem}")
+    B, M, N, C3 = qkv.shape
+    return qkv.new_empty((B, M, N, C3 // 3)), qkv.new_empty((B, num_heads, N, M), dtype=_acc_dtypes(qkv.dtype)[0])
+
+
+@torch.library.custom_op("stgcma_fast::temporal_attention_backward", mutates_args=())
+def _temporal_attention_backward_op(
+    grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, num_heads: int, scale: float
+) -> torch.Tensor:
+    return temporal_attention_backward(grad_out, qkv, out, lse, num_heads, scale)
+
+
+@_temporal_attention_backward_op.register_fake
+def _(grad_out, qkv, out, lse, num_heads, scale):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    qkv, num_heads, scale = inputs
+    ctx.save_for_backward(qkv, *output)
+    ctx.num_heads, ctx.scale = num_heads, scale
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    qkv, out, lse = ctx.saved_tensors
+    dqkv = torch.ops.stgcma_fast.temporal_attention_backward(grad_out, qkv, out, lse, ctx.num_heads, ctx.scale)
+    return dqkv, None, None
+
+
+_temporal_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def temporal_attention(
+    qkv: torch.Tensor,  # (B, M, N, 3 * H * hd) output of the frozen qkv projection, viewable as (B, M, N, 3, H, hd)
+    num_heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """Self-attention across the M frames, independently for every (batch, token, head).
+
+    Same contract as :func:`stgcma_fast.ops.torch_ops.temporal_attention`. Returns (B, M, N, H * hd).
+    """
+    return torch.ops.stgcma_fast.temporal_attention(qkv, num_heads, float(scale))[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Capabilities
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INTERPRETER_DTYPES = (torch.float32, torch.float16, torch.float64)  # bf16 tl.dot is wrong there; fp64 for gradcheck
+MAX_FRAMES = 32
+MAX_HEAD_DIM = 128
+
+# (atol, rtol) against a float64 reference, applied after dividing both tensors by max(1, max |reference|).
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: (2e-6, 2e-5),
+    torch.float16: (2e-3, 4e-3),
+    torch.bfloat16: (1.6e-2, 3.2e-2),
+}
+
+
+def _shape_problem(qkv: torch.Tensor, num_heads: int) -> str | None:
+    if qkv.dim() != 4:
+        return f"expected qkv of shape (B, M, N, 3 * H * hd), got {tuple(qkv.shape)}"
+    if num_heads < 1:
+        return f"expected num_heads >= 1, got {num_heads}"
+    B, M, N, C3 = qkv.shape
+    if C3 == 0 or C3 % (3 * num_heads) != 0:
+        return f"expected qkv's last dim divisible by 3 * num_heads = {3 * num_heads}, got {C3}"
+    hd = C3 // (3 * num_heads)
+    if M > MAX_FRAMES:
+        return f"M={M} > {MAX_FRAMES} frames (the kernel keeps all frames of a sequence in one block)"
+    if hd > MAX_HEAD_DIM:
+        return f"head dim {hd} > {MAX_HEAD_DIM}"
+    return None
+
+
+def supports(qkv: torch.Tensor, num_heads: int, scale: float) -> str | None:
+    """None if the Triton kernel accepts these inputs, else a human-readable reason (same arguments as the op)."""
+    problem = _shape_problem(qkv, num_heads)
+    if problem is not None:
+        return problem
+    if not math.isfinite(float(scale)):
+        return f"expected a finite scale, got {scale}"
+    interpreted = _interpreted()
+    if qkv.device.type == "cpu" and not interpreted:
+        return "device cpu needs TRITON_INTERPRET=1"
+    if qkv.device.type not in ("cpu", "cuda"):
+        return f"device {qkv.device.type} unsupported (cuda, or cpu under TRITON_INTERPRET=1)"
+    allowed = INTERPRETER_DTYPES if interpreted else DTYPES
+    if qkv.dtype not in allowed:
+        why = " (the Triton interpreter computes bf16 tl.dot wrong)" if qkv.dtype == torch.bfloat16 else ""
+        return f"dtype {str(qkv.dtype).removeprefix('torch.')} unsupported{why}; supported: " + ", ".join(
+            str(d).removeprefix("torch.") for d in allowed)
+    return None

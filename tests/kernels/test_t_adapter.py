@@ -1,0 +1,274 @@
+"""Fused T-Adapter Triton kernel against the plain-torch contract ``stgcma_fast.ops.torch_ops.t_adapter`` in float64.
+
+Without a GPU the kernels run under TRITON_INTERPRET=1 (set by tests/conftest.py) on CPU tensors: fp32 and fp16
+(the interpreter computes bf16 tl.dot wrong, so bf16 is tested on CUDA only). The output AND every gradient (x,
+residual, w_down, b_down, w_up, b_up) are compared, with the same random upstream gradient.
+
+Comparison: ``|actual - expected| <= atol * scale + rtol * |expected|`` with ``scale = max(1, max|expected|)`` of each
+tensor (weight gradients are sums over R rows, so their absolute error grows with their magnitude). (atol, rtol) come
+from ``t_adapter.TOLERANCES``. Max scaled errors observed over this file: fp32 6e-7, fp16 7e-4, fp64 1e-15.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from stgcma_fast.kernels import t_adapter as kernel
+from stgcma_fast.ops import torch_ops
+from stgcma_fast.testing import assert_close
+
+NAMES = ("x", "residual", "w_down", "b_down", "w_up", "b_up")
+CPU_DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
+
+
+def make_inputs(R: int, D: int, r: int, row_scale: str | None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """float64 inputs with a random NONZERO up-projection (the zero init would hide most bugs).
+
+    ``row_scale``: None, "mask" (drop-path keep mask / keep probability, with zeros) or "zeros".
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def rn(*shape, std=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * std
+
+    t = {"x": rn(R, D), "residual": rn(R, D), "w_down": rn(r, D, std=D**-0.5), "b_down": rn(r, std=0.5),
+         "w_up": rn(D, r, std=r**-0.5), "b_up": rn(D, std=0.5)}  # fmt: skip
+    if row_scale == "mask":
+        keep = torch.rand(R, generator=g, dtype=torch.float64) < 0.7
+        keep[0] = False  # at least one dropped row
+        t["row_scale"] = keep.double() / 0.7
+    elif row_scale == "zeros":
+        t["row_scale"] = torch.zeros(R, dtype=torch.float64)
+    else:
+        t["row_scale"] = None
+    return t
+
+
+def run(fn, inputs: dict, grad_out: torch.Tensor, dtype: torch.dtype, device) -> tuple[torch.Tensor, list]:
+    """Forward + backward of ``fn`` on leaf copies of ``inputs`` cast to ``dtype``. Returns (out, grads)."""
+    leaves = [inputs[k].to(device=device, dtype=dtype).requires_grad_() for k in NAMES]
+    row_scale = inputs["row_scale"]
+    row_scale = None if row_scale is None else row_scale.to(device=device, dtype=dtype)
+    out = fn(*leaves, row_scale)
+    out.backward(grad_out.to(device=device, dtype=out.dtype))
+    return out.detach(), [t.grad for t in leaves]
+
+
+def scaled_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    return float((actual - expected).abs().max()) / max(1.0, float(expected.abs().max()))
+
+
+def check(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, name: str) -> float:
+    """Scale-aware closeness (see module docstring); returns the max scaled abs error."""
+    assert actual is not None, f"{name}: missing gradient"
+    atol, rtol = kernel.TOLERANCES[dtype]
+    scale = max(1.0, float(expected.detach().abs().max()))
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert_close(actual / scale, expected / scale, atol, rtol, name=f"{name} (divided by {scale:.3g})")
+    return scaled_err(actual, expected)
+
+
+def compare(R, D, r, row_scale, dtype, device, fn=kernel.t_adapter, tol_dtype=None) -> float:
+    inputs = make_inputs(R, D, r, row_scale)
+    grad_out = torch.randn(R, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    # Reference: same (rounded) inputs, evaluated in float64.
+    rounded = {k: (None if v is None else v.to(dtype).double()) for k, v in inputs.items()}
+    ref_out, ref_grads = run(torch_ops.t_adapter, rounded, grad_out.to(dtype).double(), torch.float64, "cpu")
+    out, grads = run(fn, inputs, grad_out, dtype, device)
+    assert out.dtype == dtype and out.shape == (R, D)
+    tol_dtype = tol_dtype or dtype
+    errs = [check(out, ref_out, tol_dtype, "out")]
+    errs += [check(a, e, tol_dtype, f"d{n}") for a, e, n in zip(grads, ref_grads, NAMES)]
+    return max(errs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("row_scale", [None, "mask"])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("r", [24, 48, 96])
+@pytest.mark.parametrize("R", [1, 49, 197 * 2])
+def test_forward_backward_matches_fp64_reference(R, r, D, row_scale, dtype, device):
+    compare(R, D, r, row_scale, dtype, device)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("R, D, r", [(197 * 2, 80, 24), (257, 200, 128), (129, 16, 1)])
+def test_awkward_widths(R, D, r, dtype, device):
+    """D not a multiple of the D chunk (80, 200), the widest bottleneck (128), r = 1 and D = 16 (one masked chunk)."""
+    compare(R, D, r, "mask", dtype, device)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_zero_row_scale_returns_residual(dtype, device):
+    """All rows dropped: out == residual exactly, and no gradient reaches the adapter."""
+    inputs = make_inputs(49, 64, 24, "zeros")
+    grad_out = torch.randn(49, 64, dtype=torch.float64)
+    out, grads = run(kernel.t_adapter, inputs, grad_out, dtype, device)
+    assert torch.equal(out.cpu(), inputs["residual"].to(dtype))
+    assert torch.equal(grads[1].cpu(), grad_out.to(dtype))
+    for name, g in zip(NAMES, grads):
+        if name != "residual":
+            assert not bool(g.abs().gt(0).any()), f"d{name} should be exactly zero, max {float(g.abs().max())}"
+
+
+def test_autograd_function_matches_custom_op(device):
+    """The eager torch.autograd.Function and the custom-op path run the same launchers: identical results."""
+    inputs = make_inputs(49, 64, 48, "mask")
+    grad_out = torch.randn(49, 64, dtype=torch.float64)
+    out_op, grads_op = run(kernel.t_adapter, inputs, grad_out, torch.float32, device)
+    out_fn, grads_fn = run(kernel.TAdapterFunction.apply, inputs, grad_out, torch.float32, device)
+    assert torch.equal(out_op, out_fn)
+    for name, a, b in zip(NAMES, grads_op, grads_fn):
+        assert torch.equal(a, b), f"d{name} differs between the custom op and the autograd.Function"
+
+
+def test_strided_rows(device):
+    """x and residual as row-strided views (unit column stride) are read in place and give the same result."""
+    R, D, r = 49, 64, 24
+    inputs = make_inputs(R, D, r, "mask")
+    big = torch.randn(R, D + 32, dtype=torch.float32, device=device)
+    x = big[:, 16:16 + D]
+    big[:, 16:16 + D] = inputs["x"].float().to(device)
+    assert x.stride() == (D + 32, 1)
+    args = [x] + [inputs[k].float().to(device) for k in NAMES[1:]] + [inputs["row_scale"].float().to(device)]
+    expected = torch_ops.t_adapter(*[a.double() for a in args])
+    check(kernel.t_adapter(*args), expected, torch.float32, "out (strided x)")
+
+
+def test_gradcheck_float64(device):
+    """fp64 runs under the interpreter (tl.dot and erf accept float64), so the analytic backward can be gradchecked."""
+    if not kernel._interpreted():
+        pytest.skip("float64 is only supported under TRITON_INTERPRET=1 (GPU builds refuse it)")
+    inputs = make_inputs(2, 8, 3, "mask")
+    inputs["row_scale"][1] = 1.25  # one dropped row, one kept
+    leaves = [inputs[k].to(device).requires_grad_() for k in NAMES]
+    row_scale = inputs["row_scale"].to(device)
+    assert torch.autograd.gradcheck(lambda *a: kernel.t_adapter(*a, row_scale), leaves, atol=1e-8, rtol=1e-6)
+
+
+def test_torch_compile_fullgraph_no_graph_breaks(device):
+    """The custom op (and its backward op) trace with fullgraph=True on CPU: one graph, same numbers as eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def block(x, residual, w_down, b_down, w_up, b_up, row_scale):
+        return kernel.t_adapter(x * 2.0, residual, w_down, b_down, w_up, b_up, row_scale).relu().sum(-1)
+
+    compiled = torch.compile(block, fullgraph=True, backend=counter)
+    inputs = make_inputs(49, 64, 24, "mask")
+    grad_out = torch.randn(49, dtype=torch.float64)
+    leaves = [inputs[k].float().to(device).requires_grad_() for k in NAMES]
+    row_scale = inputs["row_scale"].float().to(device)
+    out = compiled(*leaves, row_scale)
+    out.backward(grad_out.float().to(device))
+    assert counter.frame_count == 1, f"expected one graph, got {counter.frame_count}"
+
+    ref_leaves = [inputs[k].to(device).requires_grad_() for k in NAMES]
+    ref = torch_ops.t_adapter(ref_leaves[0] * 2.0, *ref_leaves[1:], row_scale.double()).relu().sum(-1)
+    ref.backward(grad_out.to(device))
+    check(out, ref, torch.float32, "compiled out")
+    for name, a, e in zip(NAMES, leaves, ref_leaves):
+        check(a.grad, e.grad, torch.float32, f"compiled d{name}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def _args(R=4, D=32, r=8, dtype=torch.float32, device="cpu", **override):
+    args = {"x": torch.zeros(R, D), "residual": torch.zeros(R, D), "w_down": torch.zeros(r, D),
+            "b_down": torch.zeros(r), "w_up": torch.zeros(D, r), "b_up": torch.zeros(D), "row_scale": None}  # fmt: skip
+    args = {k: (None if v is None else v.to(device=device, dtype=dtype)) for k, v in args.items()}
+    args.update(override)
+    return args
+
+
+@pytest.mark.parametrize(
+    "override, reason",
+    [
+        ({"w_up": torch.zeros(32, 9)}, "expected w_up of shape (32, 8), got (32, 9)"),
+        ({"residual": torch.zeros(5, 32)}, "expected residual of shape (4, 32), got (5, 32)"),
+        ({"row_scale": torch.zeros(3)}, "expected row_scale of shape (4,), got (3,)"),
+        ({"x": torch.zeros(2, 4, 32)}, "expected x of shape (R, D), got (2, 4, 32)"),
+        ({"b_up": torch.zeros(32, dtype=torch.float16)}, "expected b_up of dtype torch.float32"),
+        ({"w_down": torch.zeros(200, 32), "b_down": torch.zeros(200), "w_up": torch.zeros(32, 200)},
+         "bottleneck r=200 outside [1, 128]"),
+    ],
+)
+def test_supports_refuses_and_launcher_raises(override, reason):
+    args = _args(**override)
+    got = kernel.supports(**args)
+    assert got is not None and reason in got, f"expected a reason containing {reason!r}, got {got!r}"
+    with pytest.raises(ValueError, match=r"expected|bottleneck"):
+        kernel.t_adapter_forward(**args)
+
+
+def test_supports_dtype_and_device_policy(monkeypatch):
+    assert kernel.supports(**_args()) is None
+    if kernel._interpreted():
+        assert "bfloat16 unsupported" in kernel.supports(**_args(dtype=torch.bfloat16))
+        monkeypatch.setattr(kernel, "_interpreted", lambda: False)  # as if compiled for a GPU
+    assert kernel.supports(**_args()) == "device cpu needs TRITON_INTERPRET=1"
+    if torch.cuda.is_available():
+        assert "float64 unsupported" in kernel.supports(**_args(device="cuda", dtype=torch.float64))
+
+
+def test_backward_launcher_raises_on_mismatch():
+    with pytest.raises(ValueError, match=r"expected pre of shape \(4, 8\), got \(4, 7\)"):
+        kernel.t_adapter_backward(torch.zeros(4, 32), torch.zeros(4, 7), torch.zeros(8, 32), torch.zeros(32, 8))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The interpreter accepts kernels that a GPU build rejects (non-constexpr globals, tl.dot below its minimum size,
+# loop-carried type changes). Triton compiles down to an sm_90 cubin (ptxas ships with it) without a GPU: in a
+# subprocess without TRITON_INTERPRET, with the first config the GPU autotuner would keep.
+_SM90_COMPILE = r"""
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from stgcma_fast.kernels import t_adapter as ta
+
+for dt, prec, block_r in [("fp32", "ieee", 128), ("bf16", "tf32", 32)]:
+    fwd = {"X": f"*{dt}", "RES": f"*{dt}", "WD": f"*{dt}", "BD": f"*{dt}", "WU": f"*{dt}", "BU": f"*{dt}",
+           "S": "*fp32", "OUT": f"*{dt}", "PRE": "*fp32", "R": "i32", "D": "i32", "r": "i32", "stride_x": "i32",
+           "stride_res": "i32"}
+    bwd = {"DY": f"*{dt}", "PRE": "*fp32", "WD": f"*{dt}", "WU": f"*{dt}", "S": "*fp32", "DX": f"*{dt}",
+           "DH": f"*{dt}", "GS": f"*{dt}", "DBD_PART": "*fp32", "DBU_PART": "*fp32", "R": "i32", "D": "i32",
+           "r": "i32", "stride_dy": "i32"}
+    for kernel, sig in [(ta._t_adapter_fwd_kernel, fwd), (ta._t_adapter_bwd_kernel, bwd)]:
+        cfg = ta._prune_configs(ta._GPU_CONFIGS, {"D": 768}, BLOCK_r=block_r, DOT_PRECISION=prec)[0]
+        consts = {"HAS_SCALE": True, "ACC": tl.float32, "DOT_PRECISION": prec, "BLOCK_r": block_r, **cfg.kwargs}
+        src = ASTSource(kernel.fn, {**sig, **{k: "constexpr" for k in consts}}, consts)
+        out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                             options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        assert out.asm["cubin"], kernel.fn.__name__
+        print("compiled", kernel.fn.__name__, dt, cfg)
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_a_gpu():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"sm_90 compilation failed:\n{res.stdout}\n{res.stderr[-4000:]}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("R, D, r", [(2 * 197 * 10, 768, 96), (257 * 3, 1024, 32), (49, 1536, 24), (1, 64, 48)])
+def test_gpu_parity(R, D, r, dtype):
+    compare(R, D, r, "mask", dtype, "cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_inductor_compile():
+    torch._dynamo.reset()
+    compiled = torch.compile(kernel.t_adapter, fullgraph=True, backend="inductor")
+    compare(394, 768, 96, "mask", torch.bfloat16, "cuda", fn=compiled, tol_dtype=torch.bfloat16)

@@ -1,0 +1,241 @@
+"""Temporal-attention Triton kernel against ``stgcma_fast.ops.torch_ops.temporal_attention`` in float64.
+
+Without a GPU the kernels run under TRITON_INTERPRET=1 (set by tests/conftest.py) on CPU tensors: fp32 and fp16
+(the interpreter computes bf16 tl.dot wrong, so bf16 is tested on CUDA only). The output AND the gradient of qkv
+(dq, dk, dv in qkv's layout) are compared, with the same random upstream gradient.
+
+Comparison: ``|actual - expected| <= atol * scale + rtol * |expected|`` with ``scale = max(1, max|expected|)`` of each
+tensor. (atol, rtol) come from ``temporal_attention.TOLERANCES``. Max scaled errors observed over this file:
+fp32 5e-7 (1e-6 in the large-score case), fp16 5e-4, fp64 2.5e-15.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from stgcma_fast.kernels import temporal_attention as kernel
+from stgcma_fast.ops import torch_ops
+from stgcma_fast.testing import assert_close
+
+CPU_DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
+
+# (B, M, N, H, hd): every value of M in {1, 10, 16}, N in {5, 49}, H in {2, 4}, hd in {16, 32} appears, and every
+# pair of values of (M, N), (M, H), (M, hd); plus the limits M = 32 and a masked head dim (24 -> 32 block).
+SHAPES = [
+    (2, 10, 49, 4, 32),
+    (1, 10, 5, 2, 16),
+    (1, 10, 49, 2, 16),
+    (1, 1, 5, 4, 32),
+    (2, 1, 49, 2, 16),
+    (1, 16, 5, 4, 16),
+    (1, 16, 49, 2, 32),
+    (1, 32, 3, 2, 24),
+]
+
+
+def scaled_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    return float((actual - expected).abs().max()) / max(1.0, float(expected.abs().max()))
+
+
+def check(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, name: str) -> float:
+    """Scale-aware closeness (see module docstring); returns the max scaled abs error."""
+    assert actual is not None, f"{name}: missing gradient"
+    atol, rtol = kernel.TOLERANCES[dtype]
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    scale = max(1.0, float(expected.abs().max()))
+    assert_close(actual / scale, expected / scale, atol, rtol, name=f"{name} (divided by {scale:.3g})")
+    return scaled_err(actual, expected)
+
+
+def compare(qkv: torch.Tensor, H: int, scale: float, dtype: torch.dtype, fn=kernel.temporal_attention,
+            grad_out: torch.Tensor | None = None, tol_dtype: torch.dtype | None = None) -> float:  # fmt: skip
+    """Forward + backward of ``fn`` on ``qkv`` (any strides) vs the float64 reference on the same values."""
+    B, M, N, C3 = qkv.shape
+    if grad_out is None:
+        gen = torch.Generator().manual_seed(1)
+        grad_out = torch.randn(B, M, N, C3 // 3, generator=gen, dtype=torch.float64).to(dtype).to(qkv.device)
+    leaf = qkv.detach().requires_grad_()
+    out = fn(leaf, H, scale)
+    (grad,) = torch.autograd.grad(out, leaf, grad_out)
+    ref_leaf = qkv.detach().double().requires_grad_()
+    ref = torch_ops.temporal_attention(ref_leaf, H, scale)
+    (ref_grad,) = torch.autograd.grad(ref, ref_leaf, grad_out.double())
+    assert out.dtype == qkv.dtype and out.shape == (B, M, N, C3 // 3) and grad.shape == qkv.shape
+    tol_dtype = tol_dtype or dtype
+    return max(check(out, ref, tol_dtype, "out"), check(grad, ref_grad, tol_dtype, "dqkv"))
+
+
+def make_qkv(B, M, N, H, hd, dtype, device, std=1.0, seed=0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, M, N, 3 * H * hd, generator=gen, dtype=torch.float64) * std).to(device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("B, M, N, H, hd", SHAPES)
+def test_forward_backward_matches_fp64_reference(B, M, N, H, hd, dtype, device):
+    compare(make_qkv(B, M, N, H, hd, dtype, device), H, hd**-0.5, dtype)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_large_scores_are_max_subtracted(dtype, device):
+    """Scores ~ +-100 overflow exp() without the max subtraction; the result must stay finite and exact."""
+    qkv = make_qkv(1, 10, 5, 2, 16, dtype, device, std=3.0)
+    compare(qkv, 2, 1.0, dtype)
+
+
+def test_strided_qkv_and_grad_out(device):
+    """qkv and grad_out as strided views (token and frame strides padded, unit channel stride) are read in place."""
+    B, M, N, H, hd = 2, 10, 5, 2, 16
+    base = make_qkv(B, M + 1, N + 3, H + 1, hd, torch.float32, device)  # channels 3*(H+1)*hd > 3*H*hd
+    qkv = base[:, 1:, 2:2 + N, : 3 * H * hd]
+    assert qkv.stride(-1) == 1 and not qkv.is_contiguous()
+    grad_base = torch.randn(B, M, N + 4, H * hd, dtype=torch.float32, device=device)
+    compare(qkv, H, hd**-0.5, torch.float32, grad_out=grad_base[:, :, 4:])
+
+
+def test_autograd_function_matches_custom_op(device):
+    qkv = make_qkv(1, 10, 5, 2, 16, torch.float32, device)
+    grad_out = torch.randn(1, 10, 5, 32, device=device)
+    results = []
+    for fn in (kernel.temporal_attention, kernel.TemporalAttentionFunction.apply):
+        leaf = qkv.clone().requires_grad_()
+        out = fn(leaf, 2, 0.25)
+        out.backward(grad_out)
+        results.append((out.detach(), leaf.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_gradcheck_float64(device):
+    """fp64 runs under the interpreter (tl.dot accepts float64), so the analytic backward can be gradchecked."""
+    if not kernel._interpreted():
+        pytest.skip("float64 is only supported under TRITON_INTERPRET=1 (GPU builds refuse it)")
+    qkv = make_qkv(1, 3, 2, 2, 4, torch.float64, device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: kernel.temporal_attention(t, 2, 0.5), (qkv,), atol=1e-8, rtol=1e-6)
+
+
+def test_torch_compile_fullgraph_no_graph_breaks(device):
+    """The custom op (and its backward op) trace with fullgraph=True on CPU: one graph, same numbers as eager."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    B, M, N, H, hd = 1, 10, 5, 2, 16
+
+    def temporal(x, w_qkv):  # the temporal step's attention: qkv projection, attention, a reduction
+        qkv = torch.nn.functional.linear(x, w_qkv)
+        return kernel.temporal_attention(qkv, H, hd**-0.5).square().mean()
+
+    gen = torch.Generator().manual_seed(0)
+    x64 = torch.randn(B, M, N, H * hd, generator=gen, dtype=torch.float64)
+    w64 = torch.randn(3 * H * hd, H * hd, generator=gen, dtype=torch.float64) * (H * hd) ** -0.5
+    x, w = x64.float().to(device).requires_grad_(), w64.float().to(device).requires_grad_()
+    loss = torch.compile(temporal, fullgraph=True, backend=counter)(x, w)
+    loss.backward()
+    assert counter.frame_count == 1, f"expected one graph, got {counter.frame_count}"
+
+    x64, w64 = x64.to(device).requires_grad_(), w64.to(device).requires_grad_()
+    ref = torch_ops.temporal_attention(torch.nn.functional.linear(x64, w64), H, hd**-0.5).square().mean()
+    ref.backward()
+    check(loss, ref, torch.float32, "compiled loss")
+    check(x.grad, x64.grad, torch.float32, "compiled dx")
+    check(w.grad, w64.grad, torch.float32, "compiled dw_qkv")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "shape, num_heads, reason",
+    [
+        ((1, 64, 5, 96), 2, "M=64 > 32"),
+        ((1, 10, 5, 95), 2, "divisible by 3 * num_heads = 6, got 95"),
+        ((10, 5, 96), 2, "expected qkv of shape (B, M, N, 3 * H * hd), got (10, 5, 96)"),
+        ((1, 10, 5, 3 * 2 * 256), 2, "head dim 256 > 128"),
+        ((1, 10, 5, 96), 0, "expected num_heads >= 1, got 0"),
+    ],
+)
+def test_supports_refuses_and_launcher_raises(shape, num_heads, reason):
+    qkv = torch.zeros(shape)
+    got = kernel.supports(qkv, num_heads, 0.1)
+    assert got is not None and reason in got, f"expected a reason containing {reason!r}, got {got!r}"
+    with pytest.raises(ValueError, match="temporal_attention Triton kernel"):
+        kernel.temporal_attention_forward(qkv, num_heads, 0.1)
+
+
+def test_supports_dtype_and_device_policy(monkeypatch):
+    qkv = torch.zeros(1, 10, 5, 96)
+    assert kernel.supports(qkv, 2, 0.1) is None
+    assert "finite scale" in kernel.supports(qkv, 2, float("nan"))
+    if kernel._interpreted():
+        assert "bfloat16 unsupported" in kernel.supports(qkv.bfloat16(), 2, 0.1)
+        monkeypatch.setattr(kernel, "_interpreted", lambda: False)  # as if compiled for a GPU
+    assert kernel.supports(qkv, 2, 0.1) == "device cpu needs TRITON_INTERPRET=1"
+    if torch.cuda.is_available():
+        assert "float64 unsupported" in kernel.supports(qkv.double().cuda(), 2, 0.1)
+
+
+def test_backward_launcher_raises_on_mismatch():
+    qkv = torch.zeros(1, 10, 5, 96)
+    out, lse = torch.zeros(1, 10, 5, 32), torch.zeros(1, 2, 5, 10)
+    with pytest.raises(ValueError, match=r"expected lse of shape \(1, 2, 5, 10\), got \(1, 2, 10, 5\)"):
+        kernel.temporal_attention_backward(out, qkv, out, lse.transpose(2, 3), 2, 0.1)
+    with pytest.raises(ValueError, match=r"expected grad_out of shape \(1, 10, 5, 32\)"):
+        kernel.temporal_attention_backward(out[:, :, :4], qkv, out, lse, 2, 0.1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The interpreter accepts kernels that a GPU build rejects (non-constexpr globals, tl.dot below its minimum size,
+# loop-carried type changes). Triton compiles down to an sm_90 cubin (ptxas ships with it) without a GPU: in a
+# subprocess without TRITON_INTERPRET, with the first config the GPU autotuner would keep.
+_SM90_COMPILE = r"""
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from stgcma_fast.kernels import temporal_attention as tk
+
+for dt, prec, block_m, block_hd in [("fp32", "ieee", 16, 64), ("bf16", "tf32", 16, 128), ("bf16", "tf32", 1, 16)]:
+    fwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "LSE": "*fp32", "M": "i32", "N": "i32", "H": "i32", "hd": "i32",
+           "stride_b": "i64", "stride_m": "i32", "stride_n": "i32", "qk_scale": "fp32"}
+    bwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "DOUT": f"*{dt}", "LSE": "*fp32", "DQKV": f"*{dt}", "M": "i32",
+           "N": "i32", "H": "i32", "hd": "i32", "stride_b": "i64", "stride_m": "i32", "stride_n": "i32",
+           "stride_ob": "i64", "stride_om": "i32", "stride_on": "i32", "sm_scale": "fp32", "qk_scale": "fp32"}
+    for kernel, sig in [(tk._temporal_attention_fwd_kernel, fwd), (tk._temporal_attention_bwd_kernel, bwd)]:
+        cfg = tk._prune_configs(tk._GPU_CONFIGS, {"N": 197}, BLOCK_M=block_m, BLOCK_HD=block_hd, DOT_PRECISION=prec)[0]
+        consts = {"ACC": tl.float32, "DOT_PRECISION": prec, "BLOCK_M": block_m, "BLOCK_HD": block_hd, **cfg.kwargs}
+        src = ASTSource(kernel.fn, {**sig, **{k: "constexpr" for k in consts}}, consts)
+        out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                             options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+        assert out.asm["cubin"], kernel.fn.__name__
+        print("compiled", kernel.fn.__name__, dt, block_m, block_hd, cfg)
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90_without_a_gpu():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _SM90_COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"sm_90 compilation failed:\n{res.stdout}\n{res.stderr[-4000:]}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize(
+    "B, M, N, H, hd",
+    [(4, 10, 197, 12, 64), (2, 10, 257, 16, 64), (2, 16, 49, 4, 32), (1, 32, 50, 2, 128), (2, 10, 49, 2, 80),
+     (3, 1, 7, 2, 16)],  # fmt: skip
+)
+def test_gpu_parity(B, M, N, H, hd, dtype):
+    compare(make_qkv(B, M, N, H, hd, dtype, "cuda"), H, hd**-0.5, dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_inductor_compile():
+    torch._dynamo.reset()
+    compiled = torch.compile(kernel.temporal_attention, fullgraph=True, backend="inductor")
+    compare(make_qkv(2, 10, 197, 12, 64, torch.bfloat16, "cuda"), 12, 0.125, torch.bfloat16, fn=compiled)
