@@ -1,11 +1,17 @@
-"""Dataset metadata readers (AVE, AVSBench-S4, MUSIC-AVQA), the batched Kaldi filterbank and the audio front end.
+"""Dataset metadata readers (AVE, AVSBench-S4, MUSIC-AVQA), the batched Kaldi filterbank, the audio front end, and
+the input pipelines.
 
-``decode_audio``, ``write_audio`` and ``MediaError`` live in :mod:`stgcma_fast.data.audio_io`, which needs PyAV;
-they are importable from here too but loaded on first use, so ``import stgcma_fast.data`` works without PyAV.
+Imported eagerly (no PyAV, no DALI): the metadata readers, ``fbank``, ``frontend``, ``augment``. Everything that needs
+PyAV or DALI is importable from here too but loaded on first use (:data:`_LAZY` names the module of each), so
+``import stgcma_fast.data`` works without PyAV or DALI: ``audio_io`` (decode / write audio), ``video`` (frames),
+``loader`` (the AVE iterator and the shared sampler / collate / skip machinery), ``avs_loader`` (AVSBench-S4),
+``avqa_loader`` (MUSIC-AVQA), ``synth`` (synthetic datasets), ``prepare`` (audio extraction, statistics) and
+``dali`` (the DALI path; DALI itself is imported only when a pipeline is built).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from stgcma_fast.data.augment import AST_MIXUP, MixupBatch, mixup, spec_augment
@@ -36,26 +42,46 @@ from stgcma_fast.data.fbank import FbankConfig, kaldi_fbank
 from stgcma_fast.data.frontend import (
     AVE_FBANK_MEAN,
     AVE_FBANK_STD,
+    AVS_S4_SWIN_MEAN,
+    AVS_S4_SWIN_STD,
     AudioFrontEnd,
     AudioFrontEndSettings,
     compute_stats,
 )
 
-_AUDIO_IO = ("MediaError", "decode_audio", "write_audio")
+_LAZY_MODULES: dict[str, tuple[str, ...]] = {
+    "audio_io": ("MediaError", "decode_audio", "write_audio"),
+    "video": ("CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD", "FrameSettings", "VideoInfo", "decode_frames",
+              "load_frames", "preprocess_frames", "probe_video", "sample_indices"),
+    "loader": ("AveDataset", "AveLoader", "BaseLoader", "EpochSummary", "MediaLoader", "ShardSampler", "SkippedClip",
+               "collate"),
+    "avs_loader": ("S4Dataset", "S4Loader", "s4_frame_settings", "s4_frontend_settings"),
+    "avqa_loader": ("AvqaDataset", "AvqaLoader", "avqa_frame_settings"),
+    "synth": ("SynthAveClip", "SynthS4Clip", "synth_ave", "synth_avqa", "synth_avs_s4"),
+    "prepare": ("FbankStats", "PrepareReport", "fbank_stats", "prepare_audio"),
+    "dali": ("DaliAveLoader", "dali_status", "make_ave_loader"),
+}
+_LAZY: dict[str, str] = {name: module for module, names in _LAZY_MODULES.items() for name in names}
+"""Public name -> the submodule it is loaded from on first use (these submodules import PyAV)."""
 
 __all__ = [
-    "ANSWERS", "AST_MIXUP", "AVE_CATEGORIES", "AVE_FBANK_MEAN", "AVE_FBANK_STD", "AVS_S4_CATEGORIES", "BACKGROUND",
-    "NUM_CLASSES", "QUESTION_TYPES", "AudioFrontEnd", "AudioFrontEndSettings", "AveClip", "AvqaQuestion",
-    "FbankConfig", "MissingFilesError", "MixupBatch", "QuestionVocab", "S4Record", "answer_index", "category_index",
-    "compute_stats", "fill_template", "group_by_type", "kaldi_fbank", "mixup", "one_hot_labels", "per_second_labels",
-    "per_type_accuracy", "read_ave_annotations", "read_ave_split", "read_avqa_questions", "read_s4_metadata",
-    "s4_records", "spec_augment", *_AUDIO_IO,
+    "ANSWERS", "AST_MIXUP", "AVE_CATEGORIES", "AVE_FBANK_MEAN", "AVE_FBANK_STD", "AVS_S4_CATEGORIES",
+    "AVS_S4_SWIN_MEAN", "AVS_S4_SWIN_STD", "BACKGROUND", "NUM_CLASSES", "QUESTION_TYPES", "AudioFrontEnd",
+    "AudioFrontEndSettings", "AveClip", "AvqaQuestion", "FbankConfig", "MissingFilesError", "MixupBatch",
+    "QuestionVocab", "S4Record", "answer_index", "category_index", "compute_stats", "fill_template", "group_by_type",
+    "kaldi_fbank", "mixup", "one_hot_labels", "per_second_labels", "per_type_accuracy", "read_ave_annotations",
+    "read_ave_split", "read_avqa_questions", "read_s4_metadata", "s4_records", "spec_augment", *_LAZY,
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _AUDIO_IO:
-        from stgcma_fast.data import audio_io
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this hook
+    return value
 
-        return getattr(audio_io, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

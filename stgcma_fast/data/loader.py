@@ -1,5 +1,11 @@
 """The AVE input pipeline on the PyAV path: a ``Dataset``, a sharded seeded sampler, and the one iterator.
 
+The sampler, :func:`collate`, the skip-and-report machinery and :class:`MediaLoader` are shared by every task: the
+AVSBench-S4 and MUSIC-AVQA pipelines (:mod:`stgcma_fast.data.avs_loader`, :mod:`stgcma_fast.data.avqa_loader`) plug
+their own datasets into them. A dataset for :class:`MediaLoader` has ``frames`` (:class:`FrameSettings`, M), takes
+``(index, epoch)`` keys, returns an item dict (``"id"``, ``"index"``, ``"waveform"`` and tensors of equal shapes
+across items) or a :class:`SkippedClip`, and may offer ``default_frontend()``.
+
 :class:`AveDataset` turns clip ``i`` into ``{video (M, 3, H, W), waveform (S,), labels (10,), id, index}``: frames
 from :func:`stgcma_fast.data.video.load_frames`, audio from the prepared 16 kHz WAV/FLAC (``stgcma-fast prepare``)
 or, when there is none, decoded from the video's own track. Bad media (missing, empty, corrupt, too short) never
@@ -74,7 +80,8 @@ class AveItem:
 
 @dataclasses.dataclass(frozen=True)
 class SkippedClip:
-    """A clip that could not be loaded: which (index, id), which file, and why."""
+    """An item that could not be loaded: which (index, id), which file, and why. ``video_id`` is the item's id: the
+    AVE video id, the S4 clip name, or the MUSIC-AVQA question id (as a string; the file path names the video)."""
 
     index: int
     video_id: str
@@ -102,35 +109,47 @@ def index_media_folder(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]
     return found
 
 
+def resolve_media(
+    video_ids: Sequence[str],
+    video_dir: str | Path,
+    audio_dir: str | Path | None = None,
+    audio_source: str = "auto",
+) -> list[tuple[Path, Path | None]]:
+    """(video, audio) files of each id: ``<video_dir>/<id>.{mp4,mkv,webm,...}`` and ``<audio_dir>/<id>.{wav,flac}``.
+
+    ``audio_source``: ``"wav"`` requires the prepared file (a missing one is reported when the item loads),
+    ``"video"`` always decodes the video's audio track (audio None), ``"auto"`` uses the prepared file when it exists.
+    A video that is absent keeps the path ``<id>.mp4`` and is reported when it loads.
+    """
+    if audio_source not in AUDIO_SOURCES:
+        raise ValueError(f"expected audio_source in {AUDIO_SOURCES}, got {audio_source!r}")
+    if audio_source == "wav" and audio_dir is None:
+        raise ValueError("audio_source='wav' needs audio_dir (the folder `stgcma-fast prepare` wrote)")
+    videos = index_media_folder(Path(video_dir), VIDEO_SUFFIXES)
+    audios = index_media_folder(Path(audio_dir), AUDIO_SUFFIXES) if audio_dir is not None else {}
+    files: list[tuple[Path, Path | None]] = []
+    for vid in video_ids:
+        video = videos.get(vid, Path(video_dir) / f"{vid}.mp4")
+        if audio_source == "video":
+            audio = None
+        elif audio_source == "wav":
+            audio = audios.get(vid, Path(audio_dir) / f"{vid}.wav")
+        else:
+            audio = audios.get(vid)
+        files.append((video, audio))
+    return files
+
+
 def ave_items(
     clips: Sequence[AveClip],
     video_dir: str | Path,
     audio_dir: str | Path | None = None,
     audio_source: str = "auto",
 ) -> list[AveItem]:
-    """Resolve the files of ``clips``: ``<video_dir>/<id>.{mp4,mkv,webm,...}`` and ``<audio_dir>/<id>.{wav,flac}``.
-
-    ``audio_source``: ``"wav"`` requires the prepared file (a missing one is reported when the clip loads),
-    ``"video"`` always decodes the video's audio track, ``"auto"`` uses the prepared file when it exists.
-    A video that is absent keeps the path ``<id>.mp4`` and is reported when it loads.
-    """
-    if audio_source not in AUDIO_SOURCES:
-        raise ValueError(f"expected audio_source in {AUDIO_SOURCES}, got {audio_source!r}")
-    videos = index_media_folder(Path(video_dir), VIDEO_SUFFIXES)
-    audios = index_media_folder(Path(audio_dir), AUDIO_SUFFIXES) if audio_dir is not None else {}
-    items = []
-    for i, clip in enumerate(clips):
-        video = videos.get(clip.video_id, Path(video_dir) / f"{clip.video_id}.mp4")
-        if audio_source == "video":
-            audio = None
-        elif audio_source == "wav":
-            if audio_dir is None:
-                raise ValueError("audio_source='wav' needs audio_dir (the folder `stgcma-fast prepare` wrote)")
-            audio = audios.get(clip.video_id, Path(audio_dir) / f"{clip.video_id}.wav")
-        else:
-            audio = audios.get(clip.video_id)
-        items.append(AveItem(i, clip.video_id, clip.labels, video, audio))
-    return items
+    """Resolve the files of ``clips`` with :func:`resolve_media` (same arguments)."""
+    files = resolve_media([clip.video_id for clip in clips], video_dir, audio_dir, audio_source)
+    return [AveItem(i, clip.video_id, clip.labels, video, audio)
+            for i, (clip, (video, audio)) in enumerate(zip(clips, files, strict=True))]
 
 
 def read_split(root: str | Path, split: str) -> list[AveClip]:
@@ -141,6 +160,12 @@ def read_split(root: str | Path, split: str) -> list[AveClip]:
 
 
 # ----------------------------------------------------------------------------------------------- dataset
+
+
+def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The augmentation generator of item ``index`` in ``epoch``: fixed by the triple, whatever the worker count."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
 
 
 class AveDataset(Dataset):
@@ -186,8 +211,7 @@ class AveDataset(Dataset):
 
     def generator(self, index: int, epoch: int) -> torch.Generator:
         """The augmentation generator of clip ``index`` in ``epoch``."""
-        state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(2, np.uint32)
-        return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+        return item_generator(self.seed, epoch, index)
 
     def load(self, index: int, epoch: int = 0) -> dict[str, Any]:
         """Load clip ``index``; raises :class:`MediaError` for bad media."""
@@ -208,14 +232,27 @@ class AveDataset(Dataset):
 
 
 def collate(items: Sequence[dict[str, Any] | SkippedClip]) -> dict[str, Any]:
-    """Stack the loaded items; skipped ones go to ``"skipped"`` (a batch may hold only skipped clips)."""
+    """Stack the loaded items; skipped ones go to ``"skipped"`` (a batch may hold only skipped clips).
+
+    ``"id"`` becomes the list ``"ids"``, ``"index"`` a (B,) int64 tensor; every other key keeps its name: tensors are
+    stacked (B, ...), anything else (strings) becomes a list."""
     good = [x for x in items if not isinstance(x, SkippedClip)]
     batch: dict[str, Any] = {"skipped": [x for x in items if isinstance(x, SkippedClip)],
                              "ids": [x["id"] for x in good]}
     if good:
         batch["index"] = torch.tensor([x["index"] for x in good], dtype=torch.long)
-        for key in ("video", "waveform", "labels"):
-            batch[key] = torch.stack([x[key] for x in good])
+        for key in good[0]:
+            if key in ("id", "index"):
+                continue
+            values = [x[key] for x in good]
+            if isinstance(values[0], torch.Tensor):
+                shapes = {tuple(v.shape) for v in values}
+                if len(shapes) > 1:
+                    raise ValueError(f"expected {key!r} of one shape across the batch, got {sorted(shapes)} for ids "
+                                     f"{batch['ids']}")
+                batch[key] = torch.stack(values)
+            else:
+                batch[key] = values
     return batch
 
 
@@ -294,12 +331,14 @@ def _worker_init(_: int) -> None:
 
 
 class BaseLoader:
-    """What every AVE iterator shares: sampler, epoch, skip handling, epoch summaries, device transfer, audio front
-    end. Subclasses implement :meth:`_raw_batches` (collated CPU batches of :func:`collate`'s format)."""
+    """What every iterator shares (AVE, S4, AVQA; PyAV or DALI): sampler, epoch, skip handling, epoch summaries,
+    device transfer, audio front end. Subclasses implement :meth:`_raw_batches` (collated CPU batches of
+    :func:`collate`'s format). ``frontend="default"`` takes ``dataset.default_frontend()`` when the dataset has one,
+    else ``AudioFrontEnd()`` (the ViT setting)."""
 
     def __init__(
         self,
-        dataset: AveDataset,
+        dataset: Dataset,
         batch_size: int,
         device: str | torch.device = "cpu",
         shuffle: bool = True,
@@ -320,7 +359,12 @@ class BaseLoader:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.on_error = on_error
-        self.frontend = AudioFrontEnd() if frontend == "default" else frontend
+        if isinstance(frontend, str):
+            if frontend != "default":
+                raise ValueError(f"expected frontend 'default', None or an AudioFrontEnd, got {frontend!r}")
+            make = getattr(dataset, "default_frontend", None)
+            frontend = make() if make is not None else AudioFrontEnd()
+        self.frontend = frontend
         if self.frontend is not None and self.frontend.settings.num_segments != dataset.frames.num_frames:
             raise ValueError(f"expected audio segments K == video frames M, got K = "
                              f"{self.frontend.settings.num_segments} and M = {dataset.frames.num_frames}")
@@ -343,9 +387,8 @@ class BaseLoader:
         raise NotImplementedError
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out = {"ids": batch["ids"]}
-        for key in ("video", "waveform", "labels", "index"):
-            out[key] = batch[key].to(self.device, non_blocking=True)
+        out = {key: value.to(self.device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+               for key, value in batch.items() if key != "skipped"}
         if self.frontend is not None:
             out["audio"] = self.frontend(out.pop("waveform"))
         return out
@@ -369,14 +412,16 @@ class BaseLoader:
         self.sampler.set_epoch(summary.epoch + 1)
 
 
-class AveLoader(BaseLoader):
-    """The one iterator over AVE batches (PyAV decoding in DataLoader workers); see the module doc.
+class MediaLoader(BaseLoader):
+    """The iterator over any item dataset (PyAV decoding in DataLoader workers); see the module doc. The task
+    classes (:class:`AveLoader`, ``S4Loader``, ``AvqaLoader``) only name it.
 
     Args:
-        dataset: an :class:`AveDataset`.
+        dataset: an :class:`AveDataset`, ``S4Dataset`` or ``AvqaDataset``.
         batch_size: clips per batch before skips.
         device: where the yielded tensors live (the audio front end runs there).
-        frontend: waveform -> (B, K, T, F); default ``AudioFrontEnd()`` (ViT setting); None yields waveforms.
+        frontend: waveform -> (B, K, T, F); default the dataset's ``default_frontend()``, else ``AudioFrontEnd()``
+            (ViT setting); None yields waveforms.
         on_error: ``"skip"`` or ``"raise"``.
         rank, world_size: DDP shard (default: from ``torch.distributed`` if initialised).
         pad: pad the epoch's order so every rank gets as many clips (default: when world_size > 1).
@@ -384,7 +429,7 @@ class AveLoader(BaseLoader):
 
     def __init__(
         self,
-        dataset: AveDataset,
+        dataset: Dataset,
         batch_size: int,
         device: str | torch.device = "cpu",
         num_workers: int = 0,
@@ -415,3 +460,7 @@ class AveLoader(BaseLoader):
 
     def _raw_batches(self) -> Iterator[dict[str, Any]]:
         return iter(self.loader)
+
+
+class AveLoader(MediaLoader):
+    """The one iterator over AVE batches: a :class:`MediaLoader` over an :class:`AveDataset` (see the module doc)."""
