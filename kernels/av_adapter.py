@@ -25,6 +25,19 @@ Backward:
   Weight reductions are torch GEMMs / sums on what the kernels produce: dW_u = dout^T h', db_u = sum dout,
   dW_d = dpre^T u, db_d = sum dpre, dalpha = sum rowdot_v, dbeta = sum rowdot_a.
 
+Dtypes. The compute dtype CDT is the dtype of u_v and u_a (fp16, bf16, fp32; fp64 in the interpreter only). Mixed
+precision, as under ``torch.autocast`` (16-bit u from frozen linears, fp32 residual stream, fp32 master weights):
+  * each weight / bias is CDT or fp32; fp32 ones are rounded to CDT when loaded, as autocast rounds the weight and
+    bias of a 16-bit F.linear; the gates alpha / beta are used at their full precision in fp32 (ACC) math.
+  * x_v / x_a is CDT, or fp32 when CDT is 16-bit; out = x + u + h' W_u^T + b_u is summed in ACC and stored in x's
+    dtype, which is what torch's type promotion gives the contract (fp32 + fp16 -> fp32).
+  * backward: dx = dout (the dtype of out), du in CDT (dout + dpre W_d summed in ACC, rounded once), dW / db /
+    dgate in each parameter's own dtype. The D-wide dots read dout and dpre rounded to CDT, as autocast's 16-bit
+    linear backward does; the weight GEMMs run in torch in the wider of CDT and the parameter's dtype (fp32 for
+    master weights, on operands exactly representable in it), i.e. with fp32 accumulation and no 16-bit rounding
+    of the result.
+Anything else is refused (``supports``) or raises ValueError (``_check_inputs``) naming expected vs received.
+
 Everything r-wide (pre, h, O, LSE, dh') is kept in fp32 (fp64 for fp64 inputs): scores reach ~1e4 and a 16-bit
 h would move them by whole units; the attention dots run as "tf32x3" on the GPU (see ``_dot_precisions``). The
 D-wide projections run on the input dtype with fp32 accumulation. Saved for backward, per modality: pre, h, O
@@ -50,9 +63,9 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 @triton.jit
 def _down_gelu_kernel(
-    U,  # (n_rows, D) adapter input, input dtype
-    W,  # (R, D) down-projection weight, input dtype
-    B,  # (R,) down-projection bias, input dtype
+    U,  # (n_rows, D) adapter input, compute dtype CDT
+    W,  # (R, D) down-projection weight, CDT or fp32 (master weight, rounded to CDT on load)
+    B,  # (R,) down-projection bias, CDT or fp32 (rounded to CDT on load)
     PRE,  # (n_rows, R) out: pre-activation u W^T + b, ACC dtype
     H,  # (n_rows, R) out: GELU(pre), ACC dtype
     n_rows,
@@ -61,6 +74,7 @@ def _down_gelu_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    CDT: tl.constexpr,  # compute dtype of the D-wide projections: the dtype of u
     ACC: tl.constexpr,
     PROJ_PREC: tl.constexpr,  # precision of the D-wide projection dots, see _dot_precisions
 ):
@@ -79,9 +93,9 @@ def _down_gelu_kernel(
         d_mask = offs_d < D
         u = tl.load(U + offs_m[:, None] * D + offs_d[None, :], mask=m_mask[:, None] & d_mask[None, :], other=0.0)
         w_t = tl.load(W + offs_r[None, :] * D + offs_d[:, None], mask=d_mask[:, None] & r_mask[None, :], other=0.0)
-        acc = tl.dot(u, w_t, acc, input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_R)
+        acc = tl.dot(u, w_t.to(CDT), acc, input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_R)
 
-    b = tl.load(B + offs_r, mask=r_mask, other=0.0).to(ACC)
+    b = tl.load(B + offs_r, mask=r_mask, other=0.0).to(CDT).to(ACC)
     pre = acc + b[None, :]
     h = 0.5 * pre * (1.0 + tl.erf(pre * _SQRT1_2))
     mr_mask = m_mask[:, None] & r_mask[None, :]
@@ -94,12 +108,12 @@ def _down_gelu_kernel(
 def _attn_up_kernel(
     HQ,  # (G * n_q, R) h of this modality (the queries), ACC dtype
     HK,  # (G * n_kv, R) h of the other modality (keys = values), ACC dtype
-    U,  # (G * n_q, D) adapter input (residual), input dtype
-    X,  # (G * n_q, D) residual stream, input dtype
-    WU,  # (D, R) up-projection weight, input dtype
-    BU,  # (D,) up-projection bias, input dtype
+    U,  # (G * n_q, D) adapter input (residual), CDT
+    X,  # (G * n_q, D) residual stream, CDT or fp32
+    WU,  # (D, R) up-projection weight, CDT or fp32 (rounded to CDT on load)
+    BU,  # (D,) up-projection bias, CDT or fp32 (rounded to CDT on load)
     GATE,  # (1,) gate of this direction (alpha or beta), ACC dtype
-    OUT,  # (G * n_q, D) out: x + u + h' W_u^T + b_u, input dtype
+    OUT,  # (G * n_q, D) out: x + u + h' W_u^T + b_u, computed in ACC, stored in the dtype of x
     ATT,  # (G * n_q, R) out: attention output softmax(h_q h_k^T) h_k, ACC dtype (written if HAS_ATTN)
     LSE,  # (G * n_q,) out: log-sum-exp of the score rows, ACC dtype (written if HAS_ATTN)
     n_q,
@@ -111,6 +125,7 @@ def _attn_up_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    CDT: tl.constexpr,  # compute dtype of the D-wide projections: the dtype of u
     ACC: tl.constexpr,
     PROJ_PREC: tl.constexpr,  # precision of the D-wide projection dots, see _dot_precisions
     ATT_PREC: tl.constexpr,  # precision of the r-wide fp32 attention dots
@@ -157,13 +172,13 @@ def _attn_up_kernel(
         hp = hq + gate * o
 
     # Up-projection and residual epilogue, D in chunks: out = x + u + h' W_u^T + b_u, written once.
-    hp_in = hp.to(WU.dtype.element_ty)
+    hp_in = hp.to(CDT)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         d_mask = offs_d < D
         wu_t = tl.load(WU + offs_d[None, :] * R + offs_r[:, None], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
-        y = tl.dot(hp_in, wu_t, input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_D)
-        bu = tl.load(BU + offs_d, mask=d_mask, other=0.0).to(ACC)
+        y = tl.dot(hp_in, wu_t.to(CDT), input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_D)
+        bu = tl.load(BU + offs_d, mask=d_mask, other=0.0).to(CDT).to(ACC)
         md_mask = m_mask[:, None] & d_mask[None, :]
         md_offs = offs_m[:, None] * D + offs_d[None, :]
         x = tl.load(X + md_offs, mask=md_mask, other=0.0).to(ACC)
@@ -174,13 +189,13 @@ def _attn_up_kernel(
 
 @triton.jit
 def _bwd_up_kernel(
-    DOUT,  # (n_rows, D) upstream gradient of out, input dtype
-    WU,  # (D, R) up-projection weight, input dtype
+    DOUT,  # (n_rows, D) upstream gradient of out, dtype of out (CDT or fp32), rounded to CDT for the dot
+    WU,  # (D, R) up-projection weight, CDT or fp32 (rounded to CDT on load)
     H,  # (n_rows, R) saved h, ACC dtype
     ATT,  # (n_rows, R) saved attention output, ACC dtype (read if HAS_ATTN)
     GATE,  # (1,) gate of this direction, ACC dtype
     DHP,  # (n_rows, R) out: dL/dh' = dout W_u, ACC dtype
-    HP,  # (n_rows, R) out: h' = h + gate * O, input dtype (operand of the dW_u GEMM)
+    HP,  # (n_rows, R) out: h' = h + gate * O rounded to CDT, as the forward up-projection saw it (dW_u operand)
     ROWDOT,  # (n_rows,) out: rowsum(dh' * O), ACC dtype (written if HAS_ATTN); dgate = sum, Delta = gate * rowdot
     n_rows,
     D,
@@ -189,6 +204,7 @@ def _bwd_up_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    CDT: tl.constexpr,  # compute dtype of the D-wide projections: the dtype of u
     ACC: tl.constexpr,
     PROJ_PREC: tl.constexpr,  # precision of the D-wide projection dots, see _dot_precisions
 ):
@@ -210,7 +226,7 @@ def _bwd_up_kernel(
         d_mask = offs_d < D
         dout = tl.load(DOUT + offs_m[:, None] * D + offs_d[None, :], mask=m_mask[:, None] & d_mask[None, :], other=0.0)
         wu = tl.load(WU + offs_d[:, None] * R + offs_r[None, :], mask=d_mask[:, None] & r_mask[None, :], other=0.0)
-        acc = tl.dot(dout, wu, acc, input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_R)
+        acc = tl.dot(dout.to(CDT), wu.to(CDT), acc, input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_R)
 
     mr_mask = m_mask[:, None] & r_mask[None, :]
     mr_offs = offs_m[:, None] * R + offs_r[None, :]
@@ -221,7 +237,7 @@ def _bwd_up_kernel(
         gate = tl.load(GATE).to(ACC)
         hp = hp + gate * o
         tl.store(ROWDOT + offs_m, tl.sum(acc * o, 1), mask=m_mask)
-    tl.store(HP + mr_offs, hp.to(HP.dtype.element_ty), mask=mr_mask)
+    tl.store(HP + mr_offs, hp.to(CDT), mask=mr_mask)
 
 
 @triton.jit
@@ -237,10 +253,10 @@ def _bwd_attn_down_kernel(
     GATE_X,  # (1,) gate of "X attends to Y", ACC dtype
     GATE_Y,  # (1,) gate of "Y attends to X", ACC dtype
     PREX,  # (G * n_x, R) saved pre-activation of X, ACC dtype
-    WD,  # (R, D) down-projection weight of X, input dtype
-    DOUT,  # (G * n_x, D) upstream gradient of out_X (the residual path of du), input dtype
-    DPRE,  # (G * n_x, R) out: dL/dpre_X, input dtype (operand of the dW_d GEMM)
-    DU,  # (G * n_x, D) out: dL/du_X = dout + dpre W_d, input dtype
+    WD,  # (R, D) down-projection weight of X, CDT or fp32 (rounded to CDT on load)
+    DOUT,  # (G * n_x, D) upstream gradient of out_X (the residual path of du), dtype of out (CDT or fp32)
+    DPRE,  # (G * n_x, R) out: dL/dpre_X in the dtype of W_d (operand of the dW_d GEMM)
+    DU,  # (G * n_x, D) out: dL/du_X = dout + dpre W_d, computed in ACC, stored in CDT
     n_x,
     n_y,
     D,
@@ -252,6 +268,7 @@ def _bwd_attn_down_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    CDT: tl.constexpr,  # compute dtype of the D-wide projections: the dtype of u
     ACC: tl.constexpr,
     PROJ_PREC: tl.constexpr,  # precision of the D-wide projection dots, see _dot_precisions
     ATT_PREC: tl.constexpr,  # precision of the r-wide fp32 attention dots
@@ -317,17 +334,18 @@ def _bwd_attn_down_kernel(
     # GELU backward and the input gradient du = dout + dpre W_d, D in chunks.
     pre = tl.load(PREX + mr_offs, mask=mr_mask, other=0.0)
     gelu_grad = 0.5 * (1.0 + tl.erf(pre * _SQRT1_2)) + pre * _INV_SQRT_2PI * tl.exp(-0.5 * pre * pre)
-    dpre = (dh * gelu_grad).to(DPRE.dtype.element_ty)
-    tl.store(DPRE + mr_offs, dpre, mask=mr_mask)
+    dpre = dh * gelu_grad
+    tl.store(DPRE + mr_offs, dpre.to(DPRE.dtype.element_ty), mask=mr_mask)
+    dpre_in = dpre.to(CDT)  # the gradient of the CDT pre-activation, as a CDT linear backward would see it
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         d_mask = offs_d < D
         wd = tl.load(WD + offs_r[:, None] * D + offs_d[None, :], mask=r_mask[:, None] & d_mask[None, :], other=0.0)
-        du = tl.dot(dpre, wd, input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_D)
+        du = tl.dot(dpre_in, wd.to(CDT), input_precision=PROJ_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_D)
         md_mask = m_mask[:, None] & d_mask[None, :]
         md_offs = offs_m[:, None] * D + offs_d[None, :]
         du += tl.load(DOUT + md_offs, mask=md_mask, other=0.0).to(ACC)
-        tl.store(DU + md_offs, du.to(DU.dtype.element_ty), mask=md_mask)
+        tl.store(DU + md_offs, du.to(CDT), mask=md_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -339,20 +357,39 @@ def _bwd_attn_down_kernel(
 class Capabilities:
     """What this backend accepts, as data (the dispatcher and ``supports`` read it)."""
 
+    # Compute dtypes (the dtype of u_v and u_a).
     cuda_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
     # The interpreter computes bf16 tl.dot wrong; fp64 runs there for gradcheck only (not tuned for GPUs).
     interpreter_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.float64)
+    # Mixed precision (torch.autocast): weights and biases may be fp32 master copies whatever u is (rounded to u's
+    # dtype on load); the residual x (and so out) may be fp32 when u is 16-bit.
+    master_dtype: torch.dtype = torch.float32
+    half_dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
     max_r: int = 128  # r-wide tiles (queries, keys, dh) stay in registers / shared memory
     max_d: int = 16384
     gate_dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+    def allowed_dtypes(self, name: str, compute: torch.dtype) -> tuple[torch.dtype, ...]:
+        """Dtypes accepted for input ``name`` (see ``_ARG_NAMES``) when u_v has dtype ``compute``."""
+        if name in ("u_v", "u_a"):
+            return (compute,)
+        if name in ("x_v", "x_a"):  # out = x + u + ... has the dtype of x: torch's type promotion of the contract
+            return (compute, self.master_dtype) if compute in self.half_dtypes else (compute,)
+        return (compute,) if compute == self.master_dtype else (compute, self.master_dtype)
+
 
 CAPABILITIES = Capabilities()
+
+# The compute dtypes the kernels know (CDT: the dtype of u), as Triton dtypes.
+_TL_DTYPES: dict[torch.dtype, tl.dtype] = {
+    torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64,
+}  # fmt: skip
 
 # (atol, rtol) against the float64 torch reference evaluated on the same (rounded) inputs, for outputs and every
 # gradient, each tensor divided by max(1, max|expected|) first (weight gradients are sums over G * N rows).
 # Observed max scaled errors (interpreter, tests/kernels/test_av_adapter.py): fp32 1.1e-5, fp16 7.5e-4 (about one
-# fp16 ulp). bf16 is 8x fp16, unmeasured: the interpreter cannot run bf16 dots, so it is only checked on a GPU.
+# fp16 ulp); mixed fp16 u with fp32 x and / or fp32 master weights (the row of u's dtype applies) 3.9e-4..7.5e-4.
+# bf16 is 8x fp16, unmeasured: the interpreter cannot run bf16 dots, so it is only checked on a GPU.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-10, 1e-8),
     torch.float32: (5e-5, 5e-5),
@@ -381,6 +418,8 @@ def _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down
     """Raise ValueError naming expected vs received for any shape / dtype / device mismatch."""
     if u_v.dim() != 3 or u_a.dim() != 3:
         raise ValueError(f"expected u_v (G, N_v, D) and u_a (G, N_a, D), got {tuple(u_v.shape)} and {tuple(u_a.shape)}")
+    if u_v.dtype not in _TL_DTYPES:
+        raise ValueError(f"expected u_v of a floating dtype {tuple(_TL_DTYPES)}, got {u_v.dtype}")
     G, N_v, D = u_v.shape
     r = w_down_v.shape[0] if w_down_v.dim() == 2 else -1
     N_a = u_a.shape[1]
@@ -397,8 +436,13 @@ def _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down
                 f"expected {name} of shape {expected[name]} (G={G}, N_v={N_v}, N_a={N_a}, D={D}, r={r} from u_v, u_a "
                 f"and w_down_v), got {tuple(t.shape)}"
             )
-        if t.dtype != u_v.dtype:
-            raise ValueError(f"expected {name} of dtype {u_v.dtype} (the dtype of u_v), got {t.dtype}")
+        allowed = CAPABILITIES.allowed_dtypes(name, u_v.dtype)
+        if t.dtype not in allowed:
+            why = " (the dtype of u_v)"
+            if len(allowed) > 1:
+                kind = "residual" if name.startswith("x_") else "master weights"
+                why = f" (the dtype of u_v) or {allowed[1]} ({kind}, mixed precision)"
+            raise ValueError(f"expected {name} of dtype {allowed[0]}{why}, got {t.dtype}")
         if t.device != u_v.device:
             raise ValueError(f"expected {name} on {u_v.device} (the device of u_v), got {t.device}")
     for name, t in (("alpha", alpha), ("beta", beta)):
@@ -516,9 +560,10 @@ def av_adapter_forward(
 ) -> tuple[torch.Tensor, ...]:
     """Run the forward kernels.
 
-    Returns ``(out_v, out_a, pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a)``: the two outputs in the input dtype,
-    then what backward needs, in fp32 (fp64 for fp64 inputs): pre-activations and h (G, N, r), attention outputs
-    O (G, N, r) and their log-sum-exp (G, N). O / LSE of a disabled direction are left uninitialised.
+    Returns ``(out_v, out_a, pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a)``: the two outputs in the dtypes of
+    x_v / x_a, then what backward needs, in fp32 (fp64 for fp64 inputs): pre-activations and h (G, N, r), attention
+    outputs O (G, N, r) and their log-sum-exp (G, N). O / LSE of a disabled direction are left uninitialised.
+    Dtypes: see the module docstring (fp32 master weights and an fp32 residual are accepted with 16-bit u).
     """
     _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
                   alpha, beta)  # fmt: skip
@@ -526,6 +571,7 @@ def av_adapter_forward(
     N_a = u_a.shape[1]
     r = w_down_v.shape[0]
     acc_t, acc_tl = _acc_dtypes(u_v.dtype)
+    cdt = _TL_DTYPES[u_v.dtype]
     prec, att_prec = _dot_precisions(u_v.dtype)
     block_r = _block_r(r)
     cfg = _LAUNCH[block_r]
@@ -541,7 +587,7 @@ def av_adapter_forward(
         c = cfg["down"]
         _down_gelu_kernel[(triton.cdiv(G * n, c.block_m),)](
             u, w_d, b_d, pre, h, G * n, D, r,
-            BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, ACC=acc_tl, PROJ_PREC=prec,
+            BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl, PROJ_PREC=prec,
             num_warps=c.num_warps, num_stages=c.num_stages,
         )  # fmt: skip
         saved.append((pre, h))
@@ -552,14 +598,14 @@ def av_adapter_forward(
         (h_v, h_a, u_v, x_v, w_up_v, b_up_v, alpha_c, N_v, N_a, a2v),
         (h_a, h_v, u_a, x_a, w_up_a, b_up_a, beta_c, N_a, N_v, v2a),
     ):
-        out = torch.empty_like(u)
+        out = torch.empty(u.shape, device=u.device, dtype=x.dtype)  # x + u + ...: x's dtype (x is u's or fp32)
         o = torch.empty((G, n_q, r), device=u.device, dtype=acc_t)
         lse = torch.empty((G, n_q), device=u.device, dtype=acc_t)
         c = cfg["attn_fwd"]
         _attn_up_kernel[(G, triton.cdiv(n_q, c.block_m))](
             hq, hk, u, x, w_u, b_u, gate, out, o, lse, n_q, n_kv, D, r,
-            HAS_ATTN=bool(on), BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r, BLOCK_D=BLOCK_D, ACC=acc_tl,
-            PROJ_PREC=prec, ATT_PREC=att_prec, num_warps=c.num_warps, num_stages=c.num_stages,
+            HAS_ATTN=bool(on), BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt,
+            ACC=acc_tl, PROJ_PREC=prec, ATT_PREC=att_prec, num_warps=c.num_warps, num_stages=c.num_stages,
         )  # fmt: skip
         outs.append((out, o, lse))
     (out_v, o_v, lse_v), (out_a, o_a, lse_a) = outs
@@ -567,14 +613,18 @@ def av_adapter_forward(
 
 
 def av_adapter_backward(
-    dout_v: torch.Tensor,  # (G, N_v, D)
-    dout_a: torch.Tensor,  # (G, N_a, D)
+    dout_v: torch.Tensor,  # (G, N_v, D) gradient of out_v, dtype of out_v
+    dout_a: torch.Tensor,  # (G, N_a, D) gradient of out_a, dtype of out_a
     u_v: torch.Tensor,  # (G, N_v, D)
     u_a: torch.Tensor,  # (G, N_a, D)
     w_down_v: torch.Tensor,  # (r, D)
+    b_down_v: torch.Tensor,  # (r,) read for its dtype only
     w_up_v: torch.Tensor,  # (D, r)
+    b_up_v: torch.Tensor,  # (D,) read for its dtype only
     w_down_a: torch.Tensor,  # (r, D)
+    b_down_a: torch.Tensor,  # (r,) read for its dtype only
     w_up_a: torch.Tensor,  # (D, r)
+    b_up_a: torch.Tensor,  # (D,) read for its dtype only
     alpha: torch.Tensor,  # ()
     beta: torch.Tensor,  # ()
     pre_v: torch.Tensor,  # (G, N_v, r) saved, ACC dtype
@@ -591,7 +641,12 @@ def av_adapter_backward(
     """Gradients of every input except x_v / x_a (whose gradients are dout_v / dout_a themselves).
 
     Returns ``(du_v, du_a, dw_down_v, db_down_v, dw_up_v, db_up_v, dw_down_a, db_down_a, dw_up_a, db_up_a, dalpha,
-    dbeta)``; the gate gradient of a disabled direction is zero.
+    dbeta)``, each in the dtype of its input (fp32 for fp32 master weights); the gate gradient of a disabled
+    direction is zero. dout may be fp32 (an fp32 residual) with 16-bit u: the D-wide dots read it rounded to u's
+    dtype (as autocast's 16-bit linear backward would), the residual path du = dout + ... and the dW_u GEMM read it
+    unrounded. The weight GEMMs run in the wider of (u's dtype, the weight's dtype): fp32 for fp32 master weights,
+    on operands that are exact in it (16-bit u, the 16-bit h' that the forward dot saw, dpre kept in fp32), so
+    their only rounding is fp32 accumulation.
     """
     G, N_v, D = u_v.shape
     N_a = u_a.shape[1]
@@ -609,13 +664,16 @@ def av_adapter_backward(
             raise ValueError(f"expected {name} of shape {shape}, got {tuple(t.shape)}")
         if want is not None and t.dtype != want:
             raise ValueError(f"expected saved {name} of dtype {want} (from av_adapter_forward), got {t.dtype}")
+        if want is None and t.dtype not in _TL_DTYPES:
+            raise ValueError(f"expected {name} of a floating dtype {tuple(_TL_DTYPES)}, got {t.dtype}")
     pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a = (
         t.contiguous() for t in (pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a)
     )
+    cdt = _TL_DTYPES[dtype]
     prec, att_prec = _dot_precisions(dtype)
     block_r = _block_r(r)
     cfg = _LAUNCH[block_r]
-    dout_v, dout_a = dout_v.to(dtype).contiguous(), dout_a.to(dtype).contiguous()
+    dout_v, dout_a = dout_v.contiguous(), dout_a.contiguous()
     u_v, u_a = u_v.contiguous(), u_a.contiguous()
     w_down_v, w_up_v, w_down_a, w_up_a = (t.contiguous() for t in (w_down_v, w_up_v, w_down_a, w_up_a))
     alpha_c, beta_c = _gate(alpha, acc_t), _gate(beta, acc_t)
@@ -630,8 +688,8 @@ def av_adapter_backward(
         c = cfg["up_bwd"]
         _bwd_up_kernel[(triton.cdiv(G * n, c.block_m),)](
             dout, w_u, h, o, gate, dhp, hp, rowdot, G * n, D, r,
-            HAS_ATTN=bool(on), BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, ACC=acc_tl, PROJ_PREC=prec,
-            num_warps=c.num_warps, num_stages=c.num_stages,
+            HAS_ATTN=bool(on), BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl,
+            PROJ_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages,
         )  # fmt: skip
         side.append((dhp, hp, rowdot))
     (dhp_v, hp_v, rd_v), (dhp_a, hp_a, rd_a) = side
@@ -639,36 +697,41 @@ def av_adapter_backward(
     # 2. Attention backward (both directions from one pass over the shared scores), GELU backward, du.
     grads = []
     # X = this side, Y = the other one; q_on: "X attends to Y" is on, kv_on: "Y attends to X" is on.
-    for (hx, hy, dhpx, dhpy, lsex, lsey, rdx, rdy, gx, gy, prex, w_d, dout, n_x, n_y, q_on, kv_on) in (
-        (h_v, h_a, dhp_v, dhp_a, lse_v, lse_a, rd_v, rd_a, alpha_c, beta_c, pre_v, w_down_v, dout_v, N_v, N_a,
+    for (hx, hy, dhpx, dhpy, lsex, lsey, rdx, rdy, gx, gy, prex, w_d, u, dout, n_x, n_y, q_on, kv_on) in (
+        (h_v, h_a, dhp_v, dhp_a, lse_v, lse_a, rd_v, rd_a, alpha_c, beta_c, pre_v, w_down_v, u_v, dout_v, N_v, N_a,
          a2v, v2a),
-        (h_a, h_v, dhp_a, dhp_v, lse_a, lse_v, rd_a, rd_v, beta_c, alpha_c, pre_a, w_down_a, dout_a, N_a, N_v,
+        (h_a, h_v, dhp_a, dhp_v, lse_a, lse_v, rd_a, rd_v, beta_c, alpha_c, pre_a, w_down_a, u_a, dout_a, N_a, N_v,
          v2a, a2v),
     ):  # fmt: skip
-        dpre = torch.empty((G, n_x, r), device=dout.device, dtype=dtype)
-        du = torch.empty_like(dout)
+        # dpre in the dW_d GEMM dtype: fp32 for fp32 master weights, else u's dtype (the same-dtype path).
+        dpre = torch.empty((G, n_x, r), device=dout.device, dtype=torch.promote_types(w_d.dtype, dtype))
+        du = torch.empty_like(u)
         c = cfg["attn_bwd"]
         _bwd_attn_down_kernel[(G, triton.cdiv(n_x, c.block_m))](
             hx, hy, dhpx, dhpy, lsex, lsey, rdx, rdy, gx, gy, prex, w_d, dout, dpre, du, n_x, n_y, D, r,
             Q_ON=bool(q_on), KV_ON=bool(kv_on), ANY_ATTN=bool(q_on or kv_on),
-            BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r, BLOCK_D=BLOCK_D, ACC=acc_tl, PROJ_PREC=prec,
-            ATT_PREC=att_prec, num_warps=c.num_warps, num_stages=c.num_stages,
+            BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl,
+            PROJ_PREC=prec, ATT_PREC=att_prec, num_warps=c.num_warps, num_stages=c.num_stages,
         )  # fmt: skip
         grads.append((dpre, du))
     (dpre_v, du_v), (dpre_a, du_a) = grads
 
-    # 3. Weight reductions: torch GEMMs (fp32 accumulation inside cuBLAS) and sums.
-    def weight_grads(dout, u, hp, dpre):
+    # 3. Weight reductions: torch GEMMs (fp32 accumulation inside cuBLAS) and sums, each in the wider of u's dtype
+    # and the parameter's dtype, returned in the parameter's dtype.
+    def weight_grads(dout, u, hp, dpre, w_d, b_d, w_u, b_u):
+        t_u, t_d = torch.promote_types(w_u.dtype, dtype), torch.promote_types(w_d.dtype, dtype)
         dout2, u2 = dout.reshape(-1, D), u.reshape(-1, D)
         dpre2 = dpre.reshape(-1, r)
-        dw_up = dout2.t().mm(hp.reshape(-1, r))  # (D, r)
-        db_up = dout2.sum(0, dtype=acc_t).to(dtype)  # (D,)
-        dw_down = dpre2.t().mm(u2)  # (r, D)
-        db_down = dpre2.sum(0, dtype=acc_t).to(dtype)  # (r,)
+        dw_up = dout2.to(t_u).t().mm(hp.reshape(-1, r).to(t_u)).to(w_u.dtype)  # (D, r)
+        db_up = dout2.sum(0, dtype=acc_t).to(b_u.dtype)  # (D,)
+        dw_down = dpre2.to(t_d).t().mm(u2.to(t_d)).to(w_d.dtype)  # (r, D)
+        db_down = dpre2.sum(0, dtype=acc_t).to(b_d.dtype)  # (r,)
         return dw_down, db_down, dw_up, db_up
 
-    dw_down_v, db_down_v, dw_up_v, db_up_v = weight_grads(dout_v, u_v, hp_v, dpre_v)
-    dw_down_a, db_down_a, dw_up_a, db_up_a = weight_grads(dout_a, u_a, hp_a, dpre_a)
+    dw_down_v, db_down_v, dw_up_v, db_up_v = weight_grads(dout_v, u_v, hp_v, dpre_v, w_down_v, b_down_v, w_up_v,
+                                                          b_up_v)  # fmt: skip
+    dw_down_a, db_down_a, dw_up_a, db_up_a = weight_grads(dout_a, u_a, hp_a, dpre_a, w_down_a, b_down_a, w_up_a,
+                                                          b_up_a)  # fmt: skip
     dalpha = rd_v.sum().to(alpha.dtype).reshape(alpha.shape)  # zero when a2v is off (rowdot left at 0)
     dbeta = rd_a.sum().to(beta.dtype).reshape(beta.shape)
     return (du_v, du_a, dw_down_v, db_down_v, dw_up_v, db_up_v, dw_down_a, db_down_a, dw_up_a, db_up_a,
@@ -680,6 +743,11 @@ def av_adapter_backward(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _materialize(dout: torch.Tensor | None, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A zero upstream gradient (in the dtype of the output it belongs to) where autograd passes None."""
+    return torch.zeros(like.shape, device=like.device, dtype=dtype) if dout is None else dout
+
+
 class AVAdapterFunction(torch.autograd.Function):
     """Eager autograd wrapper around the launchers; ``av_adapter`` uses the custom op, which compiles."""
 
@@ -688,16 +756,18 @@ class AVAdapterFunction(torch.autograd.Function):
                 alpha, beta, a2v=True, v2a=True):  # fmt: skip
         res = av_adapter_forward(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a,
                                  w_up_a, b_up_a, alpha, beta, a2v, v2a)  # fmt: skip
-        ctx.save_for_backward(u_v, u_a, w_down_v, w_up_v, w_down_a, w_up_a, alpha, beta, *res[2:])
+        ctx.save_for_backward(u_v, u_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
+                              alpha, beta, *res[2:])  # fmt: skip
         ctx.flags = (a2v, v2a)
+        ctx.out_dtypes = (x_v.dtype, x_a.dtype)
         return res[0], res[1]
 
     @staticmethod
     def backward(ctx, dout_v, dout_a):
         a2v, v2a = ctx.flags
         u_v, u_a = ctx.saved_tensors[:2]
-        dout_v = torch.zeros_like(u_v) if dout_v is None else dout_v
-        dout_a = torch.zeros_like(u_a) if dout_a is None else dout_a
+        dout_v = _materialize(dout_v, u_v, ctx.out_dtypes[0])
+        dout_a = _materialize(dout_a, u_a, ctx.out_dtypes[1])
         g = av_adapter_backward(dout_v, dout_a, *ctx.saved_tensors, a2v, v2a)
         return (g[0], g[1], dout_v, dout_a, *g[2:10], g[10] if a2v else None, g[11] if v2a else None, None, None)
 
@@ -731,46 +801,48 @@ def _(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a
     side = []
     for n in (N_v, N_a):
         side += [u_v.new_empty((G, n, r), dtype=acc_t) for _ in range(3)] + [u_v.new_empty((G, n), dtype=acc_t)]
-    return (torch.empty_like(u_v), torch.empty_like(u_a), *side)
+    # Outputs are contiguous, in the dtype of x (u's dtype, or fp32 for an fp32 residual with 16-bit u).
+    return (u_v.new_empty(u_v.shape, dtype=x_v.dtype), u_a.new_empty(u_a.shape, dtype=x_a.dtype), *side)
 
 
 @torch.library.custom_op("stgcma_fast::av_adapter_backward", mutates_args=())
 def _av_adapter_backward_op(
     dout_v: torch.Tensor, dout_a: torch.Tensor, u_v: torch.Tensor, u_a: torch.Tensor,
-    w_down_v: torch.Tensor, w_up_v: torch.Tensor, w_down_a: torch.Tensor, w_up_a: torch.Tensor,
+    w_down_v: torch.Tensor, b_down_v: torch.Tensor, w_up_v: torch.Tensor, b_up_v: torch.Tensor,
+    w_down_a: torch.Tensor, b_down_a: torch.Tensor, w_up_a: torch.Tensor, b_up_a: torch.Tensor,
     alpha: torch.Tensor, beta: torch.Tensor,
     pre_v: torch.Tensor, h_v: torch.Tensor, o_v: torch.Tensor, lse_v: torch.Tensor,
     pre_a: torch.Tensor, h_a: torch.Tensor, o_a: torch.Tensor, lse_a: torch.Tensor,
     a2v: bool, v2a: bool,
 ) -> _Grads:  # fmt: skip
     """(du_v, du_a, dw_down_v, db_down_v, dw_up_v, db_up_v, dw_down_a, db_down_a, dw_up_a, db_up_a, dalpha, dbeta)."""
-    return av_adapter_backward(dout_v, dout_a, u_v, u_a, w_down_v, w_up_v, w_down_a, w_up_a, alpha, beta,
-                               pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a, a2v, v2a)  # fmt: skip
+    return av_adapter_backward(dout_v, dout_a, u_v, u_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a,
+                               w_up_a, b_up_a, alpha, beta, pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a,
+                               a2v, v2a)  # fmt: skip
 
 
 @_av_adapter_backward_op.register_fake
-def _(dout_v, dout_a, u_v, u_a, w_down_v, w_up_v, w_down_a, w_up_a, alpha, beta,
+def _(dout_v, dout_a, u_v, u_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a, alpha, beta,
       pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a, a2v, v2a):  # fmt: skip
-    r, D = w_down_v.shape
-    vec = lambda n: u_v.new_empty((n,))  # noqa: E731
-    return (torch.empty_like(u_v), torch.empty_like(u_a),
-            torch.empty_like(w_down_v), vec(r), torch.empty_like(w_up_v), vec(D),
-            torch.empty_like(w_down_a), vec(r), torch.empty_like(w_up_a), vec(D),
-            torch.empty_like(alpha), torch.empty_like(beta))  # fmt: skip
+    # Every gradient is contiguous and in the dtype of its input (fp32 for fp32 master weights).
+    like = lambda t: t.new_empty(t.shape)  # noqa: E731
+    return (like(u_v), like(u_a), like(w_down_v), like(b_down_v), like(w_up_v), like(b_up_v),
+            like(w_down_a), like(b_down_a), like(w_up_a), like(b_up_a), like(alpha), like(beta))  # fmt: skip
 
 
 def _setup_context(ctx, inputs, output):
-    u_v, u_a, _, _, w_down_v, _, w_up_v, _, w_down_a, _, w_up_a, _, alpha, beta, a2v, v2a = inputs
-    ctx.save_for_backward(u_v, u_a, w_down_v, w_up_v, w_down_a, w_up_a, alpha, beta, *output[2:])
+    u_v, u_a, x_v, x_a, *params, a2v, v2a = inputs  # params: the 8 weights and biases, alpha, beta
+    ctx.save_for_backward(u_v, u_a, *params, *output[2:])
     ctx.flags = (a2v, v2a)
+    ctx.out_dtypes = (x_v.dtype, x_a.dtype)
 
 
 def _backward(ctx, dout_v, dout_a, *_aux_grads):
     """Gradients for the 16 op inputs; the saved intermediates (outputs 2..9) are internal and get none."""
     a2v, v2a = ctx.flags
     u_v, u_a = ctx.saved_tensors[:2]
-    dout_v = torch.zeros_like(u_v) if dout_v is None else dout_v
-    dout_a = torch.zeros_like(u_a) if dout_a is None else dout_a
+    dout_v = _materialize(dout_v, u_v, ctx.out_dtypes[0])
+    dout_a = _materialize(dout_a, u_a, ctx.out_dtypes[1])
     g = _av_adapter_backward_op(dout_v, dout_a, *ctx.saved_tensors, a2v, v2a)
     return (g[0], g[1], dout_v, dout_a, *g[2:10], g[10] if a2v else None, g[11] if v2a else None, None, None)
 
@@ -803,8 +875,10 @@ def av_adapter(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton AV-Adapter with residual epilogue; same contract as ``stgcma_fast.ops.torch_ops.av_adapter``.
 
-    Returns (out_v (G, N_v, D), out_a (G, N_a, D)) in the input dtype. Differentiable w.r.t. every tensor input,
-    traceable by ``torch.compile(fullgraph=True)`` (a ``torch.library.custom_op``).
+    Returns (out_v (G, N_v, D), out_a (G, N_a, D)) in the dtypes of x_v / x_a. Differentiable w.r.t. every tensor
+    input (each gradient in its input's dtype), traceable by ``torch.compile(fullgraph=True)`` (a
+    ``torch.library.custom_op``). Accepts what ``torch.autocast`` hands it: 16-bit u with an fp32 residual x and fp32
+    master weights (see the module docstring, "Dtypes").
     """
     res = _av_adapter_op(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a,
                          b_up_a, alpha, beta, bool(a2v), bool(v2a))  # fmt: skip

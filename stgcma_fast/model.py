@@ -46,19 +46,22 @@ class FastSTGCMA(STGCMABase):
         self.ops.set_backend(op, name)
 
     def backends(self, dtype: torch.dtype | None = None) -> dict[str, str]:
-        """The backend each op runs on for this model's device and activations of ``dtype`` (default: the
-        parameters' dtype; pass the autocast dtype for mixed precision), probed with one small frame.
-        ``self.ops.last`` holds what the last forward actually used."""
+        """The backend each op runs on for this model's device, probed with one small frame.
+
+        ``dtype``: the activation dtype, e.g. the autocast dtype; then, as under autocast, frozen-layer outputs are
+        ``dtype`` while the residual stream and the adapter weights keep the parameters' dtype. ``self.ops.last``
+        holds what the last forward actually used."""
         p = self.backbone.patch_embed.proj.weight
         D, r, H = self.embed_dim, self.bottleneck, self.num_heads
         Nv, Na, M = self.num_video_tokens, self.num_audio_tokens, self.config.num_frames
-        z = lambda *shape: torch.zeros(shape, device=p.device, dtype=dtype or p.dtype)  # noqa: E731
+        act = lambda *shape: torch.zeros(shape, device=p.device, dtype=dtype or p.dtype)  # noqa: E731
+        z = lambda *shape: torch.zeros(shape, device=p.device, dtype=p.dtype)  # noqa: E731
         w = (z(r, D), z(r), z(D, r), z(D))
         probes = {
-            "temporal_attention": (z(1, M, Nv, 3 * D), H, 1.0),
-            "spatial_attention": (z(1, Nv, 3 * D), H, 1.0),
-            "t_adapter": (z(Nv, D), z(Nv, D), *w),
-            "av_adapter": (z(1, Nv, D), z(1, Na, D), z(1, Nv, D), z(1, Na, D), *w, *w, z(), z()),
+            "temporal_attention": (act(1, M, Nv, 3 * D), H, 1.0),
+            "spatial_attention": (act(1, Nv, 3 * D), H, 1.0),
+            "t_adapter": (act(Nv, D), z(Nv, D), *w),
+            "av_adapter": (act(1, Nv, D), act(1, Na, D), z(1, Nv, D), z(1, Na, D), *w, *w, z(), z()),
         }
         return {op: self.ops.select(op, *probes[op]).name for op in OPS}
 

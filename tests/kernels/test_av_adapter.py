@@ -9,6 +9,10 @@ each tensor: weight gradients are sums over G * N rows, so their absolute error 
 (atol, rtol) come from ``av_adapter.TOLERANCES``. Max scaled abs errors observed under the interpreter: fp32 1.1e-5,
 fp16 7.1e-4 (about one fp16 ulp); the ill-conditioned large-score case ~1e-3 in both, the same as torch's own fp32
 evaluation of the contract; fp64 ~1e-14.
+
+Mixed precision (what torch.autocast hands the op: 16-bit u, fp32 residual x, fp32 master weights) is compared the
+same way, against fp64 on the values the math is defined on (weights and biases rounded to u's dtype, as autocast
+rounds them for F.linear), with the tolerance row of u's dtype: max scaled errors 3.9e-4..7.5e-4 with fp16 u.
 """
 
 from __future__ import annotations
@@ -24,14 +28,17 @@ from stgcma_fast.testing import assert_close
 
 NAMES = ("u_v", "u_a", "x_v", "x_a", "w_down_v", "b_down_v", "w_up_v", "b_up_v",
          "w_down_a", "b_down_a", "w_up_a", "b_up_a", "alpha", "beta")  # fmt: skip
+WEIGHTS = NAMES[4:12]  # the eight weights and biases: rounded to u's dtype inside the kernel (as autocast does)
 
 
 def make_inputs(G: int, N_v: int, N_a: int, D: int, r: int, dtype: torch.dtype, device, h_scale: float = 1.0,
-                seed: int = 0) -> dict[str, torch.Tensor]:  # fmt: skip
+                seed: int = 0, x_dtype: torch.dtype | None = None,
+                w_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Random inputs with NONZERO up-projections and gates (zero ones would hide most bugs).
 
     ``h_scale`` scales the down-projections: pre-activations ~ N(0, h_scale^2), so h ~ h_scale and the attention
-    scores h_v h_a^T ~ r * h_scale^2.
+    scores h_v h_a^T ~ r * h_scale^2. u is in ``dtype``; mixed precision as under autocast: x in ``x_dtype`` and the
+    weights, biases and gates (master parameters) in ``w_dtype`` (both default to ``dtype``).
     """
     g = torch.Generator().manual_seed(seed)
 
@@ -49,7 +56,15 @@ def make_inputs(G: int, N_v: int, N_a: int, D: int, r: int, dtype: torch.dtype, 
         t[f"w_up_{m}"] = rn(D, r, std=r**-0.5)
         t[f"b_up_{m}"] = rn(D, std=0.1)
     t["alpha"], t["beta"] = gate(), gate()
-    return {k: t[k].to(device=device, dtype=dtype) for k in NAMES}
+    dtypes = dict.fromkeys(NAMES[4:], w_dtype or dtype) | dict.fromkeys(("x_v", "x_a"), x_dtype or dtype)
+    return {k: t[k].to(device=device, dtype=dtypes.get(k, dtype)) for k in NAMES}
+
+
+def autocast_rounded(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The values the math is defined on: weights and biases rounded to u's dtype, as autocast rounds the weight and
+    bias of a 16-bit F.linear (a no-op when they already have it); u, x and the gates as they are."""
+    cdt = inputs["u_v"].dtype
+    return {k: v.to(cdt) if k in WEIGHTS else v for k, v in inputs.items()}
 
 
 def run(fn, inputs: dict[str, torch.Tensor], grads: tuple[torch.Tensor, torch.Tensor], a2v: bool, v2a: bool,
@@ -57,7 +72,7 @@ def run(fn, inputs: dict[str, torch.Tensor], grads: tuple[torch.Tensor, torch.Te
     """Forward + backward of ``fn`` on leaf copies of ``inputs`` (cast to ``dtype``). Returns (outputs, grads)."""
     leaves = {k: v.detach().to(dtype or v.dtype).requires_grad_() for k, v in inputs.items()}
     outs = fn(*(leaves[k] for k in NAMES), a2v=a2v, v2a=v2a)
-    torch.autograd.backward(outs, [g.to(outs[0].dtype) for g in grads])
+    torch.autograd.backward(outs, [g.to(o.dtype) for o, g in zip(outs, grads)])
     return [o.detach() for o in outs], {k: v.grad for k, v in leaves.items()}
 
 
@@ -79,20 +94,29 @@ def scaled_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.double() - expected).abs().max()) / max(1.0, float(expected.abs().max()))
 
 
-def compare(case, dtype, device, a2v=True, v2a=True, h_scale=1.0, fn=ava.av_adapter, baseline=False) -> float:
-    """Kernel vs the fp64 reference on the same inputs, outputs and all gradients.
+def compare(case, dtype, device, a2v=True, v2a=True, h_scale=1.0, fn=ava.av_adapter, baseline=False,
+            x_dtype=None, w_dtype=None) -> float:  # fmt: skip
+    """Kernel vs the fp64 reference on the same inputs, outputs and all gradients, and their dtypes.
 
+    ``dtype`` is u's (the compute dtype, whose TOLERANCES row applies); ``x_dtype`` / ``w_dtype`` give mixed
+    precision (see ``make_inputs``). The reference reads fp64 copies of the values the kernel computes on:
+    weights and biases rounded to ``dtype`` (``autocast_rounded``), u, x, gates and upstream gradients unchanged.
+    Outputs must come in x's dtype, each gradient in its input's dtype (fp32 for fp32 master weights).
     ``baseline=True`` (ill-conditioned inputs): the tolerance of each tensor is widened to 5x the error that the
     torch contract itself makes when evaluated in ``dtype``, if that is larger than the table's atol.
     """
     G, N_v, N_a, D, r = case
-    inputs = make_inputs(G, N_v, N_a, D, r, dtype, device, h_scale=h_scale)
+    inputs = make_inputs(G, N_v, N_a, D, r, dtype, device, h_scale=h_scale, x_dtype=x_dtype, w_dtype=w_dtype)
     reason = ava.supports(*(inputs[k] for k in NAMES), a2v=a2v, v2a=v2a)
     if reason is not None:
         pytest.skip(reason)
-    grads = (torch.randn(G, N_v, D, device=device).to(dtype), torch.randn(G, N_a, D, device=device).to(dtype))
+    out_dtype = x_dtype or dtype
+    grads = (torch.randn(G, N_v, D, device=device).to(out_dtype), torch.randn(G, N_a, D, device=device).to(out_dtype))
     outs, dgrads = run(fn, inputs, grads, a2v, v2a)
-    ref_outs, ref_grads = run(torch_ops.av_adapter, inputs, grads, a2v, v2a, dtype=torch.float64)
+    ref_outs, ref_grads = run(torch_ops.av_adapter, autocast_rounded(inputs), grads, a2v, v2a, dtype=torch.float64)
+    assert [o.dtype for o in outs] == [inputs["x_v"].dtype, inputs["x_a"].dtype], "outputs must have x's dtype"
+    for k in NAMES:
+        assert dgrads[k] is None or dgrads[k].dtype == inputs[k].dtype, f"grad {k}: {dgrads[k].dtype}, not its input's"
     actual = dict(zip(("out_v", "out_a"), outs)) | {f"grad {k}": dgrads[k] for k in NAMES}
     expected = dict(zip(("out_v", "out_a"), ref_outs)) | {f"grad {k}": ref_grads[k] for k in NAMES}
     allowed = dict.fromkeys(actual, None)
@@ -104,7 +128,8 @@ def compare(case, dtype, device, a2v=True, v2a=True, h_scale=1.0, fn=ava.av_adap
                 allowed[k] = max(ava.TOLERANCES[dtype][0], 5 * scaled_err(b, expected[k]))
     worst = max(check(actual[k], expected[k], dtype, k, allowed[k]) for k in actual)
     if os.environ.get("AVA_REPORT"):
-        print(f"\nAVA_REPORT {dtype} {case} a2v={a2v} v2a={v2a} h_scale={h_scale}: max scaled err {worst:.3e}")
+        mix = f" x {x_dtype} w {w_dtype}" if x_dtype or w_dtype else ""
+        print(f"\nAVA_REPORT {dtype}{mix} {case} a2v={a2v} v2a={v2a} h_scale={h_scale}: max scaled err {worst:.3e}")
     return worst
 
 
@@ -175,6 +200,96 @@ def test_autograd_function_matches_custom_op(device):
     compare((2, 50, 49, 64, 48), torch.float32, device, fn=fn)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Mixed precision, as under torch.autocast: 16-bit u (outputs of frozen linears), fp32 residual x, fp32 master
+# weights. fp16 on CPU (the interpreter cannot run bf16 dots), bf16 on the GPU below.
+# ---------------------------------------------------------------------------------------------------------------
+
+F16, F32 = torch.float16, torch.float32
+MIXED = [(F32, F32), (F16, F32), (F32, F16)]  # (x dtype, weight dtype) with fp16 u
+
+
+@pytest.mark.parametrize("case,flags", [((2, 50, 33, 64, 48), (True, True)), ((1, 17, 5, 80, 24), (True, False))],
+                         ids=["G2-Nv50-Na33-D64-r48", "G1-Nv17-Na5-D80-r24-a2v"])  # fmt: skip
+@pytest.mark.parametrize("x_dtype,w_dtype", MIXED, ids=lambda d: str(d).removeprefix("torch."))
+def test_mixed_precision_matches_fp64_reference(x_dtype, w_dtype, case, flags, device):
+    """fp16 u with an fp32 residual and / or fp32 master weights, against fp64 on the fp16-rounded weights (the
+    values autocast computes on); outputs in x's dtype, gradients in each input's own dtype; fp16 tolerance row."""
+    compare(case, F16, device, *flags, x_dtype=x_dtype, w_dtype=w_dtype)
+
+
+def test_master_weights_are_rounded_like_autocast(device):
+    """fp32 master weights give bit for bit the outputs and input gradients of the same weights pre-rounded to fp16
+    (the kernel rounds them on load, as autocast's F.linear does); only the weight gradients differ: fp32 vs the
+    fp16-rounded result of an fp16 GEMM."""
+    master = make_inputs(2, 50, 33, 64, 48, F16, device, x_dtype=F32, w_dtype=F32)
+    grads = (torch.randn(2, 50, 64, device=device), torch.randn(2, 33, 64, device=device))
+    outs, dgrads = run(ava.av_adapter, master, grads, True, True)
+    outs16, dgrads16 = run(ava.av_adapter, autocast_rounded(master), grads, True, True)
+    for name, a, e in zip(("out_v", "out_a"), outs, outs16):
+        assert_close(a, e, 0.0, 0.0, name=name)
+    for k in NAMES:
+        if k in WEIGHTS:
+            assert (dgrads[k].dtype, dgrads16[k].dtype) == (F32, F16), k
+            check(dgrads[k], dgrads16[k].double(), F16, f"grad {k}")
+        else:
+            assert_close(dgrads[k], dgrads16[k], 0.0, 0.0, name=f"grad {k}")
+
+
+def test_under_autocast_matches_torch_dtypes(device):
+    """The op called inside ``torch.autocast`` (as FastSTGCMA calls it) on what autocast hands it: u from a frozen
+    F.linear (fp16), fp32 residual, fp32 adapter parameters. Outputs and every gradient (down to the frozen linear's
+    input) have the dtypes the torch path gives under the same autocast; the values are fp64-exact to the fp16
+    row, and within 1e-2 (scaled) of the torch autocast path, which itself computes h and the attention in fp16."""
+    if device.type == "cpu" and not torch.amp.is_autocast_available("cpu"):
+        pytest.skip("no CPU autocast")
+    G, N_v, N_a, D, r = 2, 50, 33, 64, 48
+    params = {k: v for k, v in make_inputs(G, N_v, N_a, D, r, F32, device).items() if k not in ("u_v", "u_a")}
+    g = torch.Generator().manual_seed(1)
+    src = {m: torch.randn(G, n, D, generator=g).to(device) for m, n in (("v", N_v), ("a", N_a))}
+    frozen = torch.randn(D, D, generator=g).to(device) / D**0.5
+    grads = (torch.randn(G, N_v, D, generator=g).to(device), torch.randn(G, N_a, D, generator=g).to(device))
+
+    def model_step(fn):
+        leaves = {k: v.clone().requires_grad_() for k, v in (params | {f"src_{m}": t for m, t in src.items()}).items()}
+        with torch.autocast(device.type, dtype=F16):
+            u_v, u_a = (torch.nn.functional.linear(leaves[f"src_{m}"], frozen) for m in ("v", "a"))
+            assert u_v.dtype == F16
+            outs = fn(u_v, u_a, *(leaves[k] for k in NAMES[2:]))
+        torch.autograd.backward(outs, list(grads))
+        return outs, u_v, u_a, {k: v.grad for k, v in leaves.items()}
+
+    outs, u_v, u_a, dgrads = model_step(ava.av_adapter)
+    t_outs, _, _, t_grads = model_step(torch_ops.av_adapter)
+    assert [o.dtype for o in outs] == [o.dtype for o in t_outs] == [F32, F32]
+    assert {k: v.dtype for k, v in dgrads.items()} == {k: v.dtype for k, v in t_grads.items()}
+    exact = dict(zip(NAMES, (u_v.detach(), u_a.detach()))) | {k: params[k] for k in NAMES[2:]}
+    ref_outs, _ = run(torch_ops.av_adapter, autocast_rounded(exact), grads, True, True, dtype=torch.float64)
+    for name, a, t, e in zip(("out_v", "out_a"), outs, t_outs, ref_outs):
+        check(a.detach(), e, F16, name)
+        check(a.detach(), t.detach().double(), F16, f"{name} vs torch autocast", atol=1e-2)
+    for k, v in dgrads.items():
+        check(v, t_grads[k].double(), F16, f"grad {k} vs torch autocast", atol=1e-2)
+
+
+def test_fake_dtypes_mixed():
+    """register_fake of both ops gives the real dtypes and shapes for mixed inputs (what torch.compile traces)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    real = make_inputs(2, 17, 5, 64, 24, F16, "cpu", x_dtype=F32, w_dtype=F32)
+    real["x_a"] = real["x_a"].half()  # one residual fp32, the other fp16
+    with FakeTensorMode() as mode:
+        fake = {k: mode.from_tensor(v) for k, v in real.items()}
+        res = torch.ops.stgcma_fast.av_adapter(*(fake[k] for k in NAMES), True, True)
+        assert [res[0].dtype, res[1].dtype] == [F32, F16]
+        assert all(t.dtype == F32 for t in res[2:])
+        grads = torch.ops.stgcma_fast.av_adapter_backward(
+            res[0], res[1], fake["u_v"], fake["u_a"], *(fake[k] for k in NAMES[4:]), *res[2:], True, True
+        )
+        inputs = ("u_v", "u_a", *WEIGHTS, "alpha", "beta")
+        assert [(t.dtype, tuple(t.shape)) for t in grads] == [(real[k].dtype, tuple(real[k].shape)) for k in inputs]
+
+
 def test_gradcheck_float64():
     """Numerical vs analytic gradients of every input in float64 (interpreter only: fp64 is not a GPU target).
 
@@ -190,10 +305,13 @@ def test_gradcheck_float64():
         assert torch.autograd.gradcheck(fn, leaves, fast_mode=True), (a2v, v2a)
 
 
-@pytest.mark.parametrize("a2v,v2a", [(True, True), (False, True)])
-def test_torch_compile_fullgraph(a2v, v2a):
-    """The custom op traces with zero graph breaks (fullgraph=True) and gives the eager result, forward and backward."""
-    inputs = make_inputs(2, 17, 5, 64, 24, torch.float32, "cuda" if torch.cuda.is_available() else "cpu")
+@pytest.mark.parametrize("a2v,v2a,mixed", [(True, True, False), (False, True, False), (True, True, True)],
+                         ids=["both", "v2a", "both-mixed"])  # fmt: skip
+def test_torch_compile_fullgraph(a2v, v2a, mixed):
+    """The custom op traces with zero graph breaks (fullgraph=True) and gives the eager result, forward and backward;
+    ``mixed``: fp16 u, fp32 residual and master weights (the fakes must give the real dtypes)."""
+    dtypes = dict(dtype=F16, x_dtype=F32, w_dtype=F32) if mixed else dict(dtype=F32)
+    inputs = make_inputs(2, 17, 5, 64, 24, device="cuda" if torch.cuda.is_available() else "cpu", **dtypes)
     if (reason := ava.supports(*(inputs[k] for k in NAMES))) is not None:
         pytest.skip(reason)
 
@@ -209,8 +327,10 @@ def test_torch_compile_fullgraph(a2v, v2a):
     outs, dgrads = run(compiled, inputs, grads, a2v, v2a)
     ref_outs, ref_grads = run(fn, inputs, grads, a2v, v2a)
     for name, a, e in zip(("out_v", "out_a"), outs, ref_outs):
+        assert a.dtype == e.dtype, name
         assert_close(a, e, 0.0, 0.0, name=name)
     for k in NAMES:
+        assert dgrads[k] is None or dgrads[k].dtype == inputs[k].dtype, f"grad {k}"
         if ref_grads[k] is None:
             assert dgrads[k] is None or not dgrads[k].any(), f"grad {k}: expected none"
         else:
@@ -218,24 +338,38 @@ def test_torch_compile_fullgraph(a2v, v2a):
     torch._dynamo.reset()
 
 
-def _bad(**over):
-    inputs = make_inputs(1, 17, 5, 64, 24, torch.float32, "cpu")
+def _bad(dtype=torch.float32, **over):
+    inputs = make_inputs(1, 17, 5, 64, 24, dtype, "cpu")
     inputs.update(over)
     return [inputs[k] for k in NAMES]
 
 
+BF16 = torch.bfloat16
+
+
 @pytest.mark.parametrize(
-    "over,reason",
+    "dtype,over,reason",
     [
-        (dict(x_v=torch.zeros(1, 16, 64)), "x_v of shape (1, 17, 64)"),
-        (dict(u_a=torch.zeros(1, 5, 32)), "u_a of shape (1, 5, 64)"),
-        (dict(w_up_a=torch.zeros(64, 24, dtype=torch.float16)), "dtype torch.float32"),
-        (dict(alpha=torch.zeros(2)), "alpha to be a scalar"),
+        (F32, dict(x_v=torch.zeros(1, 16, 64)), "x_v of shape (1, 17, 64)"),
+        (F32, dict(u_a=torch.zeros(1, 5, 32)), "u_a of shape (1, 5, 64)"),
+        (F32, dict(w_up_a=torch.zeros(64, 24, dtype=F16)),
+         "expected w_up_a of dtype torch.float32 (the dtype of u_v), got torch.float16"),
+        (F32, dict(x_v=torch.zeros(1, 17, 64, dtype=F16)),
+         "expected x_v of dtype torch.float32 (the dtype of u_v), got torch.float16"),
+        (F16, dict(w_up_a=torch.zeros(64, 24, dtype=BF16)), "expected w_up_a of dtype torch.float16 (the dtype of "
+         "u_v) or torch.float32 (master weights, mixed precision), got torch.bfloat16"),
+        (F16, dict(x_a=torch.zeros(1, 5, 64, dtype=torch.float64)), "expected x_a of dtype torch.float16 (the dtype "
+         "of u_v) or torch.float32 (residual, mixed precision), got torch.float64"),
+        (F16, dict(u_a=torch.zeros(1, 5, 64)), "expected u_a of dtype torch.float16 (the dtype of u_v), got "
+         "torch.float32"),
+        (F32, dict(u_v=torch.zeros(1, 17, 64, dtype=torch.int32)), "expected u_v of a floating dtype"),
+        (F32, dict(alpha=torch.zeros(2)), "alpha to be a scalar"),
     ],
-    ids=["x_v-shape", "u_a-D", "w_up_a-dtype", "alpha-shape"],
-)
-def test_launcher_raises_and_supports_refuses(over, reason):
-    args = _bad(**over)
+    ids=["x_v-shape", "u_a-D", "w_up_a-dtype", "x_v-dtype", "w_up_a-bf16-with-fp16", "x_a-fp64-with-fp16",
+         "u_a-dtype", "u_v-int", "alpha-shape"],
+)  # fmt: skip
+def test_launcher_raises_and_supports_refuses(dtype, over, reason):
+    args = _bad(dtype, **over)
     with pytest.raises(ValueError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         ava.av_adapter_forward(*args)
     assert reason in (ava.supports(*args) or "")
@@ -249,6 +383,10 @@ def test_supports_reasons(monkeypatch):
     assert ava.supports(*big.values()) == f"r=300 > {ava.CAPABILITIES.max_r}"
     bf16 = {k: v.to(torch.bfloat16) for k, v in ok.items()}
     assert "dtype torch.bfloat16 not supported under the Triton interpreter" in ava.supports(*bf16.values())
+    mixed = make_inputs(1, 17, 5, 64, 24, F16, "cpu", x_dtype=F32, w_dtype=F32)
+    assert ava.supports(*mixed.values()) is None
+    mixed_bf16 = make_inputs(1, 17, 5, 64, 24, BF16, "cpu", x_dtype=F32, w_dtype=F32)
+    assert "dtype torch.bfloat16 not supported under the Triton interpreter" in ava.supports(*mixed_bf16.values())
     meta = {k: v.to("meta") for k, v in ok.items()}
     assert "device meta not supported" in ava.supports(*meta.values())
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -278,6 +416,14 @@ def test_gpu_parity(case, dtype):
 @pytest.mark.parametrize("a2v,v2a", [(True, False), (False, True)])
 def test_gpu_direction_flags_bf16(a2v, v2a):
     compare((2, 197, 49, 768, 96), torch.bfloat16, "cuda", a2v=a2v, v2a=v2a)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES[:2], ids=lambda c: "G{}-Nv{}-Na{}-D{}-r{}".format(*c))
+@pytest.mark.parametrize("x_dtype,w_dtype", [(F32, F32), (BF16, F32)], ids=["x-fp32", "x-bf16"])
+def test_gpu_mixed_precision_bf16(case, x_dtype, w_dtype):
+    """bf16 u with fp32 master weights (and an fp32 or bf16 residual), what bf16 autocast hands the op."""
+    compare(case, BF16, "cuda", x_dtype=x_dtype, w_dtype=w_dtype)
 
 
 @pytest.mark.gpu
