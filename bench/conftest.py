@@ -13,16 +13,21 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton providers run (slowly) on CPU tensors
 
 
-class _LazyResultsFile:
-    """Opened only when pytest-benchmark writes its JSON, so a run that measures nothing leaves no file."""
+class _LazyResultsFile(os.PathLike):
+    """Where pytest-benchmark writes its JSON, created only when it writes, so a run that measures nothing leaves
+    no file. pytest-benchmark >= 5.3 opens the path itself (``__fspath__``); older releases expect an open file
+    they enter as a context manager."""
 
     def __init__(self, path) -> None:
         self.path = path
         self._fh = None
 
-    def __enter__(self):
+    def __fspath__(self) -> str:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "wb")  # noqa: SIM115
+        return str(self.path)
+
+    def __enter__(self):
+        self._fh = open(self.__fspath__(), "wb")  # noqa: SIM115
         return self._fh
 
     def __exit__(self, *exc) -> None:
