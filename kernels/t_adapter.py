@@ -15,6 +15,20 @@ the two weight gradients are plain torch GEMMs: ``dW_u = dy^T (row_scale * g)`` 
 ``dy`` itself; ``row_scale`` (a drop-path mask) gets no gradient.
 
 r (the bottleneck) runs in one power-of-two block of at least 16 with masks (r = 24 -> 32, 96 -> 128, at most 128).
+
+Dtypes. The compute dtype CDT is the dtype of x (fp16, bf16, fp32; fp64 under the interpreter only); ACC is fp32 (fp64
+for fp64 x). Mixed precision, as under ``torch.autocast`` (16-bit x from a frozen linear, fp32 residual stream, fp32
+master weights), follows what autocast does to the contract :func:`stgcma_fast.ops.torch_ops.t_adapter`:
+  * each weight / bias is CDT or fp32; fp32 ones are rounded to CDT when loaded (autocast rounds the weight and bias
+    of a 16-bit F.linear), the dots accumulate in ACC. row_scale (any float dtype) is rounded to CDT, as the contract's
+    ``row_scale.to(out.dtype)`` does.
+  * the residual is CDT, or fp32 when CDT is 16-bit; ``residual + row_scale * y`` is summed in ACC and stored in
+    ``torch.promote_types(x, residual)`` (fp32 + fp16 -> fp32: the contract's type promotion).
+  * backward: dresidual = dout in the residual's dtype, dx in CDT, dW / db in each parameter's own dtype. The D-wide
+    dots read dout rounded to CDT (as autocast's 16-bit linear backward does); db_u sums dout unrounded in ACC. dh and
+    ``row_scale * GELU(pre)`` are written in the wider of (CDT, the weight's dtype), so the weight GEMMs run in fp32
+    for fp32 master weights (fp32 accumulation, no 16-bit rounding of the result) and in CDT otherwise.
+Anything else is refused by ``supports`` (the launchers raise ValueError naming expected vs received).
 """
 
 import torch
@@ -67,12 +81,12 @@ _AUTOTUNE = dict(configs=_GPU_CONFIGS, key=["D", "BLOCK_r", "HAS_SCALE"],
 def _t_adapter_fwd_kernel(
     X,  # (R, D) adapter input, rows stride_x apart, unit column stride
     RES,  # (R, D) residual, rows stride_res apart, unit column stride
-    WD,  # (r, D) contiguous down-projection weight
-    BD,  # (r,) down-projection bias
-    WU,  # (D, r) contiguous up-projection weight
-    BU,  # (D,) up-projection bias
-    S,  # (R,) row scale (drop path); not read unless HAS_SCALE
-    OUT,  # (R, D) contiguous output, dtype of X
+    WD,  # (r, D) contiguous down-projection weight, dtype of X or fp32 (rounded to the dtype of X on load)
+    BD,  # (r,) down-projection bias, likewise
+    WU,  # (D, r) contiguous up-projection weight, likewise
+    BU,  # (D,) up-projection bias, likewise
+    S,  # (R,) row scale (drop path), any float dtype, rounded to the dtype of X; not read unless HAS_SCALE
+    OUT,  # (R, D) contiguous output, promote_types(X, RES) (X, or fp32 for 16-bit X and an fp32 RES)
     PRE,  # (R, r) contiguous pre-activation x W_d^T + b_d in ACC dtype, saved for backward
     R,
     D,
@@ -96,6 +110,7 @@ def _t_adapter_fwd_kernel(
     row_ok = rows < R - row0
     ks = tl.arange(0, BLOCK_r)
     k_ok = ks < r
+    CDT = X.dtype.element_ty  # compute dtype of the dots: weights, biases and row scale are rounded to it
 
     # Phase 1: pre = x W_d^T + b_d, accumulated over D chunks.
     pre = tl.zeros((BLOCK_R, BLOCK_r), dtype=ACC)
@@ -104,12 +119,12 @@ def _t_adapter_fwd_kernel(
         col_ok = cols < D
         x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         wd = tl.load(WD + ks[:, None] * D + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        pre = tl.dot(x, tl.trans(wd), pre, input_precision=DOT_PRECISION)
-    pre += tl.load(BD + ks, mask=k_ok, other=0.0).to(ACC)[None, :]
+        pre = tl.dot(x, tl.trans(wd.to(CDT)), pre, input_precision=DOT_PRECISION)
+    pre += tl.load(BD + ks, mask=k_ok, other=0.0).to(CDT).to(ACC)[None, :]
     tl.store(PRE + rows[:, None] * r + ks[None, :], pre, mask=row_ok[:, None] & k_ok[None, :])
-    g = (0.5 * pre * (1.0 + tl.math.erf(pre * _SQRT_HALF))).to(WU.dtype.element_ty)  # padded columns stay 0
+    g = (0.5 * pre * (1.0 + tl.math.erf(pre * _SQRT_HALF))).to(CDT)  # padded columns stay 0
     if HAS_SCALE:
-        scale = tl.load(S + row0 + rows, mask=row_ok, other=0.0).to(ACC)
+        scale = tl.load(S + row0 + rows, mask=row_ok, other=0.0).to(CDT).to(ACC)
 
     # Phase 2: out = residual + scale * (g W_u^T + b_u), one D chunk at a time.
     for d0 in range(0, D, BLOCK_D):
@@ -117,8 +132,8 @@ def _t_adapter_fwd_kernel(
         col_ok = cols < D
         mask = row_ok[:, None] & col_ok[None, :]
         wu = tl.load(WU + cols[:, None] * r + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        y = tl.dot(g, tl.trans(wu), input_precision=DOT_PRECISION).to(ACC)
-        y += tl.load(BU + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
+        y = tl.dot(g, tl.trans(wu.to(CDT)), input_precision=DOT_PRECISION).to(ACC)
+        y += tl.load(BU + cols, mask=col_ok, other=0.0).to(CDT).to(ACC)[None, :]
         if HAS_SCALE:
             y = y * scale[:, None]
         res = tl.load(RES + rows[:, None] * stride_res + cols[None, :], mask=mask, other=0.0).to(ACC)
@@ -128,14 +143,14 @@ def _t_adapter_fwd_kernel(
 @triton.autotune(**_AUTOTUNE)
 @triton.jit
 def _t_adapter_bwd_kernel(
-    DY,  # (R, D) upstream gradient, rows stride_dy apart, unit column stride
+    DY,  # (R, D) upstream gradient in the dtype of out (X's or fp32), rows stride_dy apart, unit column stride
     PRE,  # (R, r) contiguous saved pre-activation (ACC dtype)
-    WD,  # (r, D) contiguous down-projection weight
-    WU,  # (D, r) contiguous up-projection weight
-    S,  # (R,) row scale; not read unless HAS_SCALE
-    DX,  # (R, D) contiguous output: dL/dx, dtype of X
-    DH,  # (R, r) contiguous output: dL/dpre, dtype of X (operand of the dW_d GEMM)
-    GS,  # (R, r) contiguous output: row_scale * GELU(pre), dtype of X (operand of the dW_u GEMM)
+    WD,  # (r, D) contiguous down-projection weight, dtype of X or fp32 (rounded to the dtype of X on load)
+    WU,  # (D, r) contiguous up-projection weight, likewise
+    S,  # (R,) row scale, rounded to the dtype of X; not read unless HAS_SCALE
+    DX,  # (R, D) contiguous output: dL/dx, dtype of X (the compute dtype)
+    DH,  # (R, r) contiguous output: dL/dpre, wider of (X, W_d) dtypes (operand of the dW_d GEMM)
+    GS,  # (R, r) contiguous output: row_scale * GELU(pre), wider of (X, W_u) dtypes (operand of the dW_u GEMM)
     DBD_PART,  # (cdiv(R, MIN_BLOCK_R), r) zero-initialised ACC-dtype partial sums of dh, one row per row block
     DBU_PART,  # (cdiv(R, MIN_BLOCK_R), D) zero-initialised ACC-dtype partial sums of row_scale * dy, likewise
     R,
@@ -161,13 +176,14 @@ def _t_adapter_bwd_kernel(
     ks = tl.arange(0, BLOCK_r)
     k_ok = ks < r
     rk_mask = row_ok[:, None] & k_ok[None, :]
+    CDT = DX.dtype.element_ty  # compute dtype of the dots (the dtype of x)
 
     pre = tl.load(PRE + rows[:, None] * r + ks[None, :], mask=rk_mask, other=0.0).to(ACC)
     cdf = 0.5 * (1.0 + tl.math.erf(pre * _SQRT_HALF))
     g = pre * cdf
     dgelu = cdf + pre * _INV_SQRT_2PI * tl.exp(-0.5 * pre * pre)
     if HAS_SCALE:
-        scale = tl.load(S + row0 + rows, mask=row_ok, other=0.0).to(ACC)
+        scale = tl.load(S + row0 + rows, mask=row_ok, other=0.0).to(CDT).to(ACC)
         g = g * scale[:, None]
     tl.store(GS + rows[:, None] * r + ks[None, :], g.to(GS.dtype.element_ty), mask=rk_mask)
 
@@ -178,8 +194,8 @@ def _t_adapter_bwd_kernel(
         col_ok = cols < D
         dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         wu = tl.load(WU + cols[:, None] * r + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        dg = tl.dot(dy, wu, dg, input_precision=DOT_PRECISION)
-        dy = dy.to(ACC)
+        dg = tl.dot(dy.to(CDT), wu.to(CDT), dg, input_precision=DOT_PRECISION)
+        dy = dy.to(ACC)  # db_u sums dout unrounded
         if HAS_SCALE:
             dy = dy * scale[:, None]
         tl.store(DBU_PART + pid * D + cols, tl.sum(dy, axis=0), mask=col_ok)
@@ -187,15 +203,15 @@ def _t_adapter_bwd_kernel(
         dg = dg * scale[:, None]
     dh = dg * dgelu  # padded rows and columns are 0
     tl.store(DBD_PART + pid * r + ks, tl.sum(dh, axis=0), mask=k_ok)
-    dh = dh.to(DH.dtype.element_ty)
-    tl.store(DH + rows[:, None] * r + ks[None, :], dh, mask=rk_mask)
+    tl.store(DH + rows[:, None] * r + ks[None, :], dh.to(DH.dtype.element_ty), mask=rk_mask)
+    dh = dh.to(CDT)
 
     # dx = dh W_d, one D chunk at a time.
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         col_ok = cols < D
         wd = tl.load(WD + ks[:, None] * D + cols[None, :], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        dx = tl.dot(dh, wd, input_precision=DOT_PRECISION)
+        dx = tl.dot(dh, wd.to(CDT), input_precision=DOT_PRECISION)
         tl.store(DX + rows[:, None] * D + cols[None, :], dx.to(DX.dtype.element_ty),
                  mask=row_ok[:, None] & col_ok[None, :])
 
@@ -236,12 +252,13 @@ def t_adapter_forward(
     b_up: torch.Tensor,  # (D,)
     row_scale: torch.Tensor | None = None,  # (R,)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns ``out`` (R, D) in the dtype of ``x`` and the fp32 pre-activation ``x W_d^T + b_d`` (R, r)."""
+    """Returns ``out`` (R, D) in ``promote_types(x, residual)`` (x's dtype, or fp32 for 16-bit x with an fp32
+    residual) and the pre-activation ``x W_d^T + b_d`` (R, r) in fp32 (fp64 for fp64 x)."""
     _raise_if_unsupported(x, residual, w_down, b_down, w_up, b_up, row_scale)
     R, D = x.shape
     r = w_down.shape[0]
     acc_torch, acc_tl = _acc_dtypes(x.dtype)
-    out = torch.empty((R, D), dtype=x.dtype, device=x.device)
+    out = torch.empty((R, D), dtype=_out_dtype(x, residual), device=x.device)
     pre = torch.empty((R, r), dtype=acc_torch, device=x.device)
     if R == 0:
         return out, pre
@@ -264,16 +281,20 @@ def t_adapter_backward(
     w_down: torch.Tensor,  # (r, D)
     w_up: torch.Tensor,  # (D, r)
     row_scale: torch.Tensor | None = None,  # (R,)
+    compute_dtype: torch.dtype | None = None,  # the dtype of x; None: the dtype of w_down (all dtypes equal)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Elementwise part of the backward pass and both bias gradients.
 
-    Returns ``dx`` (R, D), ``db_down`` (r,), ``db_up`` (D,), ``dh`` (R, r) = dL/dpre and ``gs`` (R, r) =
-    ``row_scale * GELU(pre)``, all in the dtype of ``w_down``. The weight gradients are then ``dh^T x`` and
-    ``grad_out^T gs`` (see :func:`_t_adapter_grads`).
+    Returns ``dx`` (R, D) in ``compute_dtype``, ``db_down`` (r,) and ``db_up`` (D,) in the accumulation dtype (fp32;
+    fp64 for fp64 x), ``dh`` (R, r) = dL/dpre in the wider of (compute_dtype, w_down's dtype) and ``gs`` (R, r) =
+    ``row_scale * GELU(pre)`` in the wider of (compute_dtype, w_up's dtype). The weight gradients are then ``dh^T x``
+    and ``grad_out^T gs`` (see :func:`_t_adapter_grads`). ``grad_out`` may be fp32 with a 16-bit compute dtype (an
+    fp32 residual); the dots read it rounded to the compute dtype.
     """
     r, D = w_down.shape
     R = pre.shape[0]
-    dtype = w_down.dtype
+    dtype = w_down.dtype if compute_dtype is None else compute_dtype
+    acc_torch, acc_tl = _acc_dtypes(dtype)
     expected = [("grad_out", grad_out, (R, D)), ("pre", pre, (R, r)), ("w_up", w_up, (D, r))]
     if row_scale is not None:
         expected.append(("row_scale", row_scale, (R,)))
@@ -282,13 +303,18 @@ def t_adapter_backward(
             raise ValueError(f"t_adapter backward: expected {name} of shape {shape}, got {tuple(t.shape)}")
         if t.device != w_down.device:
             raise ValueError(f"t_adapter backward: expected {name} on {w_down.device}, got {t.device}")
-    if w_up.dtype != dtype:
-        raise ValueError(f"t_adapter backward: expected w_up of dtype {dtype}, got {w_up.dtype}")
-    acc_torch, acc_tl = _acc_dtypes(dtype)
-    grad_out = _rows(grad_out.to(dtype))
+    if pre.dtype != acc_torch:
+        raise ValueError(f"t_adapter backward: expected pre of dtype {acc_torch} (from t_adapter_forward), "
+                         f"got {pre.dtype}")
+    for name, t in [("w_down", w_down), ("w_up", w_up)]:
+        if t.dtype not in _allowed_dtypes(dtype):
+            raise ValueError(f"t_adapter backward: expected {name} of dtype {_dtype_rule(dtype)}, got {t.dtype}")
+    if grad_out.dtype not in _allowed_dtypes(dtype):
+        grad_out = grad_out.to(dtype)
+    grad_out = _rows(grad_out)
     dx = torch.empty((R, D), dtype=dtype, device=pre.device)
-    dh = torch.empty((R, r), dtype=dtype, device=pre.device)
-    gs = torch.empty((R, r), dtype=dtype, device=pre.device)
+    dh = torch.empty((R, r), dtype=torch.promote_types(dtype, w_down.dtype), device=pre.device)
+    gs = torch.empty((R, r), dtype=torch.promote_types(dtype, w_up.dtype), device=pre.device)
     n_part = triton.cdiv(R, _MIN_BLOCK_R)  # enough rows of partial sums for the smallest BLOCK_R the tuner may pick
     dbd_part = torch.zeros((n_part, r), dtype=acc_torch, device=pre.device)
     dbu_part = torch.zeros((n_part, D), dtype=acc_torch, device=pre.device)
@@ -302,16 +328,19 @@ def t_adapter_backward(
             HAS_SCALE=has_scale, ACC=acc_tl, DOT_PRECISION=_dot_precision(dtype),
             BLOCK_r=max(16, triton.next_power_of_2(r)),
         )
-    return dx, dbd_part.sum(0).to(dtype), dbu_part.sum(0).to(dtype), dh, gs
+    return dx, dbd_part.sum(0), dbu_part.sum(0), dh, gs
 
 
-def _t_adapter_grads(backward, needs_input_grad, grad_out, x, pre, w_down, w_up, row_scale):
-    """Gradients of (x, residual, w_down, b_down, w_up, b_up, row_scale) from a backward launcher or op."""
-    dx, db_down, db_up, dh, gs = backward(grad_out, pre, w_down, w_up, row_scale)
-    grad_out = grad_out.to(x.dtype)
-    dw_down = dh.t() @ x if needs_input_grad[2] else None  # (r, D) torch GEMM
-    dw_up = grad_out.t() @ gs if needs_input_grad[4] else None  # (D, r) torch GEMM
-    return dx, grad_out, dw_down, db_down, dw_up, db_up, None
+def _t_adapter_grads(backward, needs_input_grad, grad_out, x, pre, w_down, w_up, row_scale, dtypes):
+    """Gradients of (x, residual, w_down, b_down, w_up, b_up, row_scale) from a backward launcher or op.
+
+    ``dtypes``: the dtypes of (residual, b_down, b_up), which are not saved for backward. Each gradient comes back
+    in its input's dtype; the weight GEMMs run in the dtype of dh / gs (fp32 for fp32 master weights)."""
+    res_dtype, bd_dtype, bu_dtype = dtypes
+    dx, db_down, db_up, dh, gs = backward(grad_out, pre, w_down, w_up, row_scale, x.dtype)
+    dw_down = (dh.t() @ x.to(dh.dtype)).to(w_down.dtype) if needs_input_grad[2] else None  # (r, D) torch GEMM
+    dw_up = (grad_out.to(gs.dtype).t() @ gs).to(w_up.dtype) if needs_input_grad[4] else None  # (D, r) torch GEMM
+    return dx, grad_out.to(res_dtype), dw_down, db_down.to(bd_dtype), dw_up, db_up.to(bu_dtype), None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -323,12 +352,14 @@ class TAdapterFunction(torch.autograd.Function):
     def forward(ctx, x, residual, w_down, b_down, w_up, b_up, row_scale=None):
         out, pre = t_adapter_forward(x, residual, w_down, b_down, w_up, b_up, row_scale)
         ctx.save_for_backward(x, pre, w_down, w_up, row_scale)
+        ctx.dtypes = (residual.dtype, b_down.dtype, b_up.dtype)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, pre, w_down, w_up, row_scale = ctx.saved_tensors
-        return _t_adapter_grads(t_adapter_backward, ctx.needs_input_grad, grad_out, x, pre, w_down, w_up, row_scale)
+        return _t_adapter_grads(t_adapter_backward, ctx.needs_input_grad, grad_out, x, pre, w_down, w_up, row_scale,
+                                ctx.dtypes)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -352,7 +383,8 @@ def _(x, residual, w_down, b_down, w_up, b_up, row_scale=None):
     if problem is not None:
         raise ValueError(f"t_adapter Triton kernel: {problem}")
     acc_torch, _ = _acc_dtypes(x.dtype)
-    return x.new_empty(x.shape), x.new_empty((x.shape[0], w_down.shape[0]), dtype=acc_torch)
+    return (x.new_empty(x.shape, dtype=_out_dtype(x, residual)),
+            x.new_empty((x.shape[0], w_down.shape[0]), dtype=acc_torch))
 
 
 @torch.library.custom_op("stgcma_fast::t_adapter_backward", mutates_args=())
@@ -362,26 +394,31 @@ def _t_adapter_backward_op(
     w_down: torch.Tensor,
     w_up: torch.Tensor,
     row_scale: torch.Tensor | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return t_adapter_backward(grad_out, pre, w_down, w_up, row_scale)
+    return t_adapter_backward(grad_out, pre, w_down, w_up, row_scale, compute_dtype)
 
 
 @_t_adapter_backward_op.register_fake
-def _(grad_out, pre, w_down, w_up, row_scale=None):
-    (r, D), R, dtype = w_down.shape, pre.shape[0], w_down.dtype
-    return (pre.new_empty((R, D), dtype=dtype), pre.new_empty((r,), dtype=dtype), pre.new_empty((D,), dtype=dtype),
-            pre.new_empty((R, r), dtype=dtype), pre.new_empty((R, r), dtype=dtype))
+def _(grad_out, pre, w_down, w_up, row_scale=None, compute_dtype=None):
+    (r, D), R = w_down.shape, pre.shape[0]
+    dtype = w_down.dtype if compute_dtype is None else compute_dtype
+    acc_torch, _ = _acc_dtypes(dtype)
+    return (pre.new_empty((R, D), dtype=dtype), pre.new_empty((r,), dtype=acc_torch),
+            pre.new_empty((D,), dtype=acc_torch), pre.new_empty((R, r), dtype=torch.promote_types(dtype, w_down.dtype)),
+            pre.new_empty((R, r), dtype=torch.promote_types(dtype, w_up.dtype)))
 
 
 def _setup_context(ctx, inputs, output):
-    x, _, w_down, _, w_up, _, row_scale = inputs
+    x, residual, w_down, b_down, w_up, b_up, row_scale = inputs
     ctx.save_for_backward(x, output[1], w_down, w_up, row_scale)
+    ctx.dtypes = (residual.dtype, b_down.dtype, b_up.dtype)
 
 
 def _backward(ctx, grad_out, _grad_pre):
     x, pre, w_down, w_up, row_scale = ctx.saved_tensors
     return _t_adapter_grads(torch.ops.stgcma_fast.t_adapter_backward, ctx.needs_input_grad, grad_out, x, pre,
-                            w_down, w_up, row_scale)
+                            w_down, w_up, row_scale, ctx.dtypes)
 
 
 _t_adapter_op.register_autograd(_backward, setup_context=_setup_context)
@@ -396,20 +433,25 @@ def t_adapter(
     b_up: torch.Tensor,  # (D,)
     row_scale: torch.Tensor | None = None,  # (R,) per-row factor on the adapter output (drop path), or None
 ) -> torch.Tensor:
-    """Fused ``residual + row_scale * (GELU(x W_d^T + b_d) W_u^T + b_u)`` (exact GELU); (R, D) in the dtype of x.
+    """Fused ``residual + row_scale * (GELU(x W_d^T + b_d) W_u^T + b_u)`` (exact GELU); (R, D).
 
-    Same contract as :func:`stgcma_fast.ops.torch_ops.t_adapter`; all tensors but ``row_scale`` must share x's dtype.
+    Same contract as :func:`stgcma_fast.ops.torch_ops.t_adapter`, plus the autocast mix: weights / biases may be
+    fp32 with a 16-bit x (rounded to x's dtype in the kernel), the residual may be fp32 with a 16-bit x (out is then
+    fp32). Gradients come back in each input's dtype. See the module docstring.
     """
     return torch.ops.stgcma_fast.t_adapter(x, residual, w_down, b_down, w_up, b_up, row_scale)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Capabilities
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # dtypes of x (the compute dtype)
 INTERPRETER_DTYPES = (torch.float32, torch.float16, torch.float64)  # bf16 tl.dot is wrong there; fp64 for gradcheck
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MASTER_DTYPE = torch.float32  # residual, weights and biases may be fp32 whatever x is (autocast's fp32 master copies)
 MAX_BOTTLENECK = 128
 
-# (atol, rtol) against a float64 reference, applied after dividing both tensors by max(1, max |reference|).
+# (atol, rtol) against a float64 reference, applied after dividing both tensors by max(1, max |reference|). Mixed
+# cases use the row of x's dtype.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float32: (2e-6, 2e-5),
     torch.float16: (2e-3, 4e-3),
@@ -417,7 +459,23 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+def _allowed_dtypes(compute: torch.dtype) -> tuple[torch.dtype, ...]:
+    """Dtypes accepted for the residual, weights and biases when x has dtype ``compute``."""
+    return (compute,) if compute == MASTER_DTYPE else (compute, MASTER_DTYPE)
+
+
+def _dtype_rule(compute: torch.dtype) -> str:
+    rule = f"{compute} (the dtype of x)"
+    return rule if compute == MASTER_DTYPE else f"{rule} or {MASTER_DTYPE}"
+
+
+def _out_dtype(x: torch.Tensor, residual: torch.Tensor) -> torch.dtype:
+    """The dtype of ``residual + adapter(x)`` under torch's type promotion (the contract under autocast)."""
+    return torch.promote_types(x.dtype, residual.dtype)
+
+
 def _shape_problem(x, residual, w_down, b_down, w_up, b_up, row_scale) -> str | None:
+    """Shape and dtype-mix problems (device independent, so the fake implementation checks them too)."""
     if x.dim() != 2:
         return f"expected x of shape (R, D), got {tuple(x.shape)}"
     R, D = x.shape
@@ -430,9 +488,12 @@ def _shape_problem(x, residual, w_down, b_down, w_up, b_up, row_scale) -> str | 
     for name, t, shape in expected:
         if tuple(t.shape) != shape:
             return f"expected {name} of shape {shape}, got {tuple(t.shape)}"
+    if x.dtype not in _FLOAT_DTYPES:
+        return f"expected x of a floating dtype {_FLOAT_DTYPES}, got {x.dtype}"
+    allowed, rule = _allowed_dtypes(x.dtype), _dtype_rule(x.dtype)
     for name, t in [("residual", residual), ("w_down", w_down), ("b_down", b_down), ("w_up", w_up), ("b_up", b_up)]:
-        if t.dtype != x.dtype:
-            return f"expected {name} of dtype {x.dtype} (the dtype of x), got {t.dtype}"
+        if t.dtype not in allowed:
+            return f"expected {name} of dtype {rule}, got {t.dtype}"
     if row_scale is not None and not row_scale.is_floating_point():
         return f"expected a floating-point row_scale, got {row_scale.dtype}"
     if not 1 <= r <= MAX_BOTTLENECK:

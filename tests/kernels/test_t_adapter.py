@@ -7,10 +7,15 @@ residual, w_down, b_down, w_up, b_up) are compared, with the same random upstrea
 Comparison: ``|actual - expected| <= atol * scale + rtol * |expected|`` with ``scale = max(1, max|expected|)`` of each
 tensor (weight gradients are sums over R rows, so their absolute error grows with their magnitude). (atol, rtol) come
 from ``t_adapter.TOLERANCES``. Max scaled errors observed over this file: fp32 6e-7, fp16 7e-4, fp64 1e-15.
+
+Mixed precision (the torch.autocast mix: 16-bit x, fp32 or 16-bit residual, fp32 master weights, fp32 row_scale) is
+compared with the fp64 reference on the values autocast computes with (x, weights, biases and row_scale rounded to
+x's dtype), with the tolerance row of x's dtype; max scaled error observed (fp16) 6.2e-4.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -49,11 +54,15 @@ def make_inputs(R: int, D: int, r: int, row_scale: str | None, seed: int = 0) ->
     return t
 
 
-def run(fn, inputs: dict, grad_out: torch.Tensor, dtype: torch.dtype, device) -> tuple[torch.Tensor, list]:
-    """Forward + backward of ``fn`` on leaf copies of ``inputs`` cast to ``dtype``. Returns (out, grads)."""
-    leaves = [inputs[k].to(device=device, dtype=dtype).requires_grad_() for k in NAMES]
+def run(fn, inputs: dict, grad_out: torch.Tensor, dtype: torch.dtype, device,
+        dtypes: dict[str, torch.dtype] | None = None) -> tuple[torch.Tensor, list]:
+    """Forward + backward of ``fn`` on leaf copies of ``inputs`` cast to ``dtype`` (or to ``dtypes[name]``).
+
+    Returns (out, grads)."""
+    dtypes = dtypes or {}
+    leaves = [inputs[k].to(device=device, dtype=dtypes.get(k, dtype)).requires_grad_() for k in NAMES]
     row_scale = inputs["row_scale"]
-    row_scale = None if row_scale is None else row_scale.to(device=device, dtype=dtype)
+    row_scale = None if row_scale is None else row_scale.to(device=device, dtype=dtypes.get("row_scale", dtype))
     out = fn(*leaves, row_scale)
     out.backward(grad_out.to(device=device, dtype=out.dtype))
     return out.detach(), [t.grad for t in leaves]
@@ -88,6 +97,38 @@ def compare(R, D, r, row_scale, dtype, device, fn=kernel.t_adapter, tol_dtype=No
     return max(errs)
 
 
+F32 = torch.float32
+# The autocast mix: fp32 master weights and biases, the fp32 residual stream (or a 16-bit one), an fp32 row_scale.
+MIXES = {
+    "res32-w32": dict(residual=F32, w_down=F32, b_down=F32, w_up=F32, b_up=F32, row_scale=F32),
+    "res16-w32": dict(w_down=F32, b_down=F32, w_up=F32, b_up=F32, row_scale=F32),
+    "res32-some32": dict(residual=F32, w_down=F32, b_up=F32, row_scale=F32),  # the rest in x's dtype
+}
+
+
+def compare_mixed(R, D, r, row_scale, dtype, mix: str, device, fn=kernel.t_adapter) -> float:
+    """x in the 16-bit ``dtype``, the other inputs as in ``MIXES[mix]`` (x's dtype where not named).
+
+    Reference: fp64 on what autocast computes with: x as given, weights, biases and row_scale rounded to x's dtype
+    (autocast's F.linear and the contract's ``row_scale.to(out.dtype)``), the residual at its own precision.
+    """
+    dtypes = MIXES[mix]
+    inputs = make_inputs(R, D, r, row_scale)
+    out_dtype = torch.promote_types(dtype, dtypes.get("residual", dtype))
+    grad_out = torch.randn(R, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out_dtype)
+    stored = {k: (None if v is None else v.to(dtypes.get(k, dtype))) for k, v in inputs.items()}
+    used = {k: (None if v is None else (v if k == "residual" else v.to(dtype)).double()) for k, v in stored.items()}
+    ref_out, ref_grads = run(torch_ops.t_adapter, used, grad_out.double(), torch.float64, "cpu")
+    out, grads = run(fn, inputs, grad_out, dtype, device, dtypes=dtypes)
+    assert out.dtype == out_dtype and out.shape == (R, D), (out.dtype, out_dtype)
+    for name, g in zip(NAMES, grads):
+        want = dtypes.get(name, dtype)
+        assert g.dtype == want, f"d{name}: expected dtype {want} (the dtype of {name}), got {g.dtype}"
+    errs = [check(out, ref_out, dtype, "out")]
+    errs += [check(a, e, dtype, f"d{n}") for a, e, n in zip(grads, ref_grads, NAMES)]
+    return max(errs)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 @pytest.mark.parametrize("row_scale", [None, "mask"])
@@ -103,6 +144,44 @@ def test_forward_backward_matches_fp64_reference(R, r, D, row_scale, dtype, devi
 def test_awkward_widths(R, D, r, dtype, device):
     """D not a multiple of the D chunk (80, 200), the widest bottleneck (128), r = 1 and D = 16 (one masked chunk)."""
     compare(R, D, r, "mask", dtype, device)
+
+
+@pytest.mark.parametrize("row_scale", [None, "mask"])
+@pytest.mark.parametrize("mix", ["res32-w32", "res16-w32"])
+def test_mixed_precision_matches_fp64_reference(mix, row_scale, device):
+    """fp16 x with fp32 master weights and an fp32 (or fp16) residual: out in promote(x, residual), grads in each
+    input's dtype; R = 197 rows (a partial row block), D = 80 (a partial D chunk), r = 24 (a masked bottleneck)."""
+    compare_mixed(197, 80, 24, row_scale, torch.float16, mix, device)
+
+
+def test_mixed_precision_per_parameter_dtypes(device):
+    """Each weight / bias may independently be x's dtype or fp32; its gradient comes back in its own dtype."""
+    compare_mixed(49, 64, 48, "mask", torch.float16, "res32-some32", device)
+
+
+def test_mixed_precision_under_autocast(device):
+    """Under torch.autocast the custom op receives the mix unchanged (16-bit x from a linear, fp32 residual and
+    weights), returns what the torch contract returns under the same autocast (dtype), and its numbers agree."""
+    if device.type == "cpu" and not kernel._interpreted():
+        pytest.skip("needs TRITON_INTERPRET=1 on CPU")
+    inputs = make_inputs(49, 64, 24, "mask")
+    proj = inputs["x"].float().to(device)
+    eye = torch.eye(64, device=device)
+    results = []
+    for fn in (kernel.t_adapter, torch_ops.t_adapter):
+        leaves = [inputs[k].float().to(device).requires_grad_() for k in NAMES[1:]]
+        with torch.autocast(device.type, dtype=torch.float16):
+            x = torch.nn.functional.linear(proj, eye)  # 16-bit, like the frozen projection's output
+            assert x.dtype == torch.float16
+            out = fn(x, *leaves, inputs["row_scale"].float().to(device))
+        out.backward(torch.ones_like(out))
+        results.append((out, [t.grad for t in leaves]))
+    (out_k, grads_k), (out_t, grads_t) = results
+    assert out_k.dtype == out_t.dtype == torch.float32
+    check(out_k, out_t, torch.float16, "out under autocast")
+    for name, a, e in zip(NAMES[1:], grads_k, grads_t):
+        assert a.dtype == e.dtype == torch.float32, (name, a.dtype, e.dtype)
+        check(a, e, torch.float16, f"d{name} under autocast")
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
@@ -180,6 +259,38 @@ def test_torch_compile_fullgraph_no_graph_breaks(device):
         check(a.grad, e.grad, torch.float32, f"compiled d{name}")
 
 
+@pytest.mark.parametrize("x_dtype, res_dtype, w_dtype", [(torch.float16, F32, F32), (torch.float16, torch.float16, F32),
+                                                     (F32, F32, F32)], ids=["res32-w32", "res16-w32", "fp32"])
+def test_fake_dtypes_match_real(x_dtype, res_dtype, w_dtype, device):
+    """register_fake of both custom ops gives the dtypes and shapes the kernels return, autocast mix included."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    R, D, r = 49, 64, 24
+    shapes_dtypes = [((R, D), x_dtype), ((R, D), res_dtype), ((r, D), w_dtype), ((r,), w_dtype), ((D, r), w_dtype),
+                     ((D,), w_dtype), ((R,), F32)]  # fmt: skip
+    real_args = [torch.randn(shape).to(device=device, dtype=dt) for shape, dt in shapes_dtypes]
+    results = []
+    for mode in (None, FakeTensorMode()):
+        args = real_args if mode is None else [mode.from_tensor(a) for a in real_args]
+        with mode or contextlib.nullcontext():
+            out, pre = torch.ops.stgcma_fast.t_adapter(*args)
+            bwd = torch.ops.stgcma_fast.t_adapter_backward(out, pre, args[2], args[4], args[6], x_dtype)
+        results.append([(t.dtype, tuple(t.shape)) for t in (out, pre, *bwd)])
+    assert results[0] == results[1], f"real {results[0]} != fake {results[1]}"
+    assert results[0][0][0] == torch.promote_types(x_dtype, res_dtype)
+
+
+def test_torch_compile_fullgraph_mixed_precision(device):
+    """The autocast mix (fp16 x, fp32 residual and weights) traces as one graph too, with the eager numbers."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(kernel.t_adapter, fullgraph=True, backend=counter)
+    compare_mixed(49, 64, 24, "mask", torch.float16, "res32-w32", device, fn=compiled)
+    assert counter.frame_count == 1, f"expected one graph, got {counter.frame_count}"
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 def _args(R=4, D=32, r=8, dtype=torch.float32, device="cpu", **override):
     args = {"x": torch.zeros(R, D), "residual": torch.zeros(R, D), "w_down": torch.zeros(r, D),
@@ -209,6 +320,40 @@ def test_supports_refuses_and_launcher_raises(override, reason):
         kernel.t_adapter_forward(**args)
 
 
+H16, BF16, F64 = torch.float16, torch.bfloat16, torch.float64
+
+
+@pytest.mark.parametrize(
+    "x_dtype, override, reason",
+    [
+        (F32, {"residual": torch.zeros(4, 32, dtype=H16)},
+         "expected residual of dtype torch.float32 (the dtype of x), got torch.float16"),
+        (H16, {"residual": torch.zeros(4, 32, dtype=BF16)},
+         "expected residual of dtype torch.float16 (the dtype of x) or torch.float32, got torch.bfloat16"),
+        (H16, {"w_down": torch.zeros(8, 32, dtype=F64)},
+         "expected w_down of dtype torch.float16 (the dtype of x) or torch.float32, got torch.float64"),
+        (H16, {"b_up": torch.zeros(32, dtype=BF16)}, "expected b_up of dtype torch.float16 (the dtype of x) or"),
+        (F32, {"x": torch.zeros(4, 32, dtype=torch.int32)}, "expected x of a floating dtype"),
+    ],
+)
+def test_supports_refuses_other_dtype_mixes(x_dtype, override, reason):
+    """Only x's dtype or fp32 for the residual, weights and biases; anything else names expected vs received."""
+    args = _args(dtype=x_dtype, **override)
+    got = kernel.supports(**args)
+    assert got is not None and reason in got, f"expected a reason containing {reason!r}, got {got!r}"
+    with pytest.raises(ValueError, match="expected"):
+        kernel.t_adapter_forward(**args)
+
+
+def test_supports_accepts_the_autocast_mix(device):
+    """16-bit x (fp64 x under the interpreter) with fp32 residual / weights / biases, all or some of them."""
+    fp32 = {k: v for k, v in _args(device=device).items() if v is not None}
+    for x_dtype in ([H16, F64] if kernel._interpreted() else [H16, BF16]):
+        assert kernel.supports(**{**fp32, "x": fp32["x"].to(x_dtype)}) is None, x_dtype
+        some = {**_args(dtype=x_dtype, device=device), "residual": fp32["residual"], "w_up": fp32["w_up"]}
+        assert kernel.supports(**some) is None, x_dtype
+
+
 def test_supports_dtype_and_device_policy(monkeypatch):
     assert kernel.supports(**_args()) is None
     if kernel._interpreted():
@@ -234,12 +379,14 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from stgcma_fast.kernels import t_adapter as ta
 
-for dt, prec, block_r in [("fp32", "ieee", 128), ("bf16", "tf32", 32)]:
-    fwd = {"X": f"*{dt}", "RES": f"*{dt}", "WD": f"*{dt}", "BD": f"*{dt}", "WU": f"*{dt}", "BU": f"*{dt}",
-           "S": "*fp32", "OUT": f"*{dt}", "PRE": "*fp32", "R": "i32", "D": "i32", "r": "i32", "stride_x": "i32",
+# (x, residual / out, weights / dh / gs) dtypes: same-dtype fp32 and bf16, and the autocast mix (bf16 x, fp32 rest).
+for (dt, rt, wt), prec, block_r in [(("fp32",) * 3, "ieee", 128), (("bf16",) * 3, "tf32", 32),
+                                    (("bf16", "fp32", "fp32"), "tf32", 128)]:
+    fwd = {"X": f"*{dt}", "RES": f"*{rt}", "WD": f"*{wt}", "BD": f"*{wt}", "WU": f"*{wt}", "BU": f"*{wt}",
+           "S": "*fp32", "OUT": f"*{rt}", "PRE": "*fp32", "R": "i32", "D": "i32", "r": "i32", "stride_x": "i32",
            "stride_res": "i32"}
-    bwd = {"DY": f"*{dt}", "PRE": "*fp32", "WD": f"*{dt}", "WU": f"*{dt}", "S": "*fp32", "DX": f"*{dt}",
-           "DH": f"*{dt}", "GS": f"*{dt}", "DBD_PART": "*fp32", "DBU_PART": "*fp32", "R": "i32", "D": "i32",
+    bwd = {"DY": f"*{rt}", "PRE": "*fp32", "WD": f"*{wt}", "WU": f"*{wt}", "S": "*fp32", "DX": f"*{dt}",
+           "DH": f"*{wt}", "GS": f"*{wt}", "DBD_PART": "*fp32", "DBU_PART": "*fp32", "R": "i32", "D": "i32",
            "r": "i32", "stride_dy": "i32"}
     for kernel, sig in [(ta._t_adapter_fwd_kernel, fwd), (ta._t_adapter_bwd_kernel, bwd)]:
         cfg = ta._prune_configs(ta._GPU_CONFIGS, {"D": 768}, BLOCK_r=block_r, DOT_PRECISION=prec)[0]
@@ -248,7 +395,7 @@ for dt, prec, block_r in [("fp32", "ieee", 128), ("bf16", "tf32", 32)]:
         out = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                              options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
         assert out.asm["cubin"], kernel.fn.__name__
-        print("compiled", kernel.fn.__name__, dt, cfg)
+        print("compiled", kernel.fn.__name__, dt, rt, wt, cfg)
 """
 
 
@@ -265,6 +412,14 @@ def test_kernels_compile_for_sm90_without_a_gpu():
 @pytest.mark.parametrize("R, D, r", [(2 * 197 * 10, 768, 96), (257 * 3, 1024, 32), (49, 1536, 24), (1, 64, 48)])
 def test_gpu_parity(R, D, r, dtype):
     compare(R, D, r, "mask", dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("mix", list(MIXES))
+@pytest.mark.parametrize("R, D, r", [(2 * 197 * 10, 768, 96), (49, 1536, 24)])
+def test_gpu_mixed_precision_parity(R, D, r, mix, dtype):
+    compare_mixed(R, D, r, "mask", dtype, mix, "cuda")
 
 
 @pytest.mark.gpu
