@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from stgcma_fast import FastSTGCMA
 from stgcma_fast.ops.dispatch import REGISTRY
 from stgcma_fast.testing import assert_close
 
@@ -56,3 +57,14 @@ def test_compile_fullgraph_with_kernels():
     video, audio = inputs(cfg)
     out = torch.compile(fast, fullgraph=True, backend="aot_eager")(video, audio)
     assert_close(out.video_tokens, ref.eval()(video, audio).video_tokens, 1e-4, 1e-3, "compiled video_tokens")
+
+
+def test_fresh_model_with_kernels_is_the_frozen_backbone():
+    cfg = tiny_config()
+    model = FastSTGCMA(cfg, backends={op: "triton" for op in KERNEL_OPS}).eval()
+    video, audio = inputs(cfg)
+    with torch.no_grad():
+        out = model(video, audio)
+        for m in range(cfg.num_frames):
+            assert_close(out.video_tokens[:, m], model.backbone.forward_features(video[:, m]), 1e-5, 1e-5, f"frame {m}")
+    assert set(model.ops.last.values()) == {"triton", "sdpa"}
