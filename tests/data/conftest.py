@@ -22,3 +22,19 @@ def shared_file(relative: str) -> Path:
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def ave_vp9(tmp_path_factory):
+    """A small synthetic AVE set with VP9 video (DALI's CPU decoder reads it); do not modify it."""
+    from tests.data.synth_media import synth_dataset
+
+    return synth_dataset(tmp_path_factory, "vp9", clips=6)
+
+
+@pytest.fixture(scope="session")
+def ave_h264(tmp_path_factory):
+    """A small synthetic AVE set with H.264 video; do not modify it."""
+    from tests.data.synth_media import synth_dataset
+
+    return synth_dataset(tmp_path_factory, "h264", clips=3, seed=1)

@@ -19,11 +19,6 @@ pytestmark = pytest.mark.skipif(not DALI_OK, reason=f"DALI tests need nvidia.dal
 SMALL = FrameSettings(num_frames=10, crop_size=32, resize_shorter=32, min_seconds=10.0)
 
 
-@pytest.fixture(scope="module")
-def ave_vp9(tmp_path_factory):
-    return synth_dataset(tmp_path_factory, "vp9", clips=6)
-
-
 def by_id(loader) -> dict[str, dict[str, torch.Tensor]]:
     return {vid: {k: batch[k][i] for k in ("video", "audio", "waveform", "labels") if k in batch}
             for batch in loader for i, vid in enumerate(batch["ids"])}

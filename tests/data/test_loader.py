@@ -12,18 +12,13 @@ from stgcma_fast.data.audio_io import MediaError, decode_audio
 from stgcma_fast.data.loader import AveDataset, AveLoader, ShardSampler, SkippedClip
 from stgcma_fast.data.prepare import prepare_audio
 from stgcma_fast.data.video import FrameSettings
-from tests.data.synth_media import copy_dataset, damaged_dataset, synth_dataset
+from tests.data.synth_media import copy_dataset, damaged_dataset
 
 SMALL = {"num_frames": 10, "crop_size": 32, "resize_shorter": 32, "min_seconds": 10.0}
 
 
 def small_frames() -> FrameSettings:
     return FrameSettings(**SMALL)
-
-
-@pytest.fixture(scope="module")
-def ave_vp9(tmp_path_factory):
-    return synth_dataset(tmp_path_factory, "vp9", clips=6)
 
 
 def ids_of(loader) -> list[str]:

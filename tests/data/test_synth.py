@@ -33,17 +33,7 @@ from stgcma_fast.data.synth import (
     synth_avs_s4,
 )
 from tests.data.conftest import shared_file
-from tests.data.synth_media import FPS, synth_dataset
-
-
-@pytest.fixture(scope="module")
-def ave_vp9(tmp_path_factory):
-    return synth_dataset(tmp_path_factory, "vp9", clips=6)
-
-
-@pytest.fixture(scope="module")
-def ave_h264(tmp_path_factory):
-    return synth_dataset(tmp_path_factory, "h264", clips=3, seed=1)
+from tests.data.synth_media import FPS
 
 
 def test_ave_layout_and_annotation_files(ave_vp9):

@@ -21,17 +21,7 @@ from stgcma_fast.data.video import (
     resized_size,
     sample_indices,
 )
-from tests.data.synth_media import FPS, corrupt_middle, garbage, synth_dataset, truncate
-
-
-@pytest.fixture(scope="module")
-def ave_vp9(tmp_path_factory):
-    return synth_dataset(tmp_path_factory, "vp9", clips=6)
-
-
-@pytest.fixture(scope="module")
-def ave_h264(tmp_path_factory):
-    return synth_dataset(tmp_path_factory, "h264", clips=3, seed=1)
+from tests.data.synth_media import FPS, corrupt_middle, garbage, truncate
 
 
 def test_sample_indices_uniform_mid_interval():
