@@ -10,12 +10,14 @@ Contract: :func:`stgcma_fast.ops.torch_ops.av_adapter`. Per frame g (G = B * M f
     out_a = x_a + u_a + h_a' W_ua^T + b_ua
 
 Forward, per modality (launched twice, video then audio):
-  1. ``_down_gelu_kernel``   rows of (G * N, D) x W_d^T, + bias, GELU -> pre, h (both (G * N, r), fp32).
+  1. ``_down_gelu_kernel``   rows of (G * N, D) x W_d^T, + bias, GELU -> h (G * N, r), fp32, a forward-only
+     temporary; the pre-activation pre is stored too when backward needs it (``SAVE``).
   2. ``_attn_up_kernel``     grid (G, row blocks): online softmax of this modality's h against the other
      modality's h (never materialising the N_v x N_a matrix), gate, up-projection, bias and the residual
-     epilogue ``x + u + h' W_u^T + b_u``, written once. Saves the attention output O and its log-sum-exp.
+     epilogue ``x + u + h' W_u^T + b_u``, written once. Stores the attention output O and its log-sum-exp when
+     backward needs them (``SAVE``).
 
-Backward:
+Backward (h = GELU(pre) is recomputed from the saved pre by ``_gelu``, bit for bit the forward's h):
   1. ``_bwd_up_kernel``       dh' = dout W_u, h' = h + gate * O (for the dW_u GEMM), rowdot = rowsum(dh' * O).
   2. ``_bwd_attn_down_kernel`` grid (G, row blocks of X), looping over the tokens of the other modality Y once.
      The score matrix S = h_X h_Y^T serves both directions (the attention has no projections, so
@@ -40,8 +42,10 @@ Anything else is refused (``supports``) or raises ValueError (``_check_inputs``)
 
 Everything r-wide (pre, h, O, LSE, dh') is kept in fp32 (fp64 for fp64 inputs): scores reach ~1e4 and a 16-bit
 h would move them by whole units; the attention dots run as "tf32x3" on the GPU (see ``_dot_precisions``). The
-D-wide projections run on the input dtype with fp32 accumulation. Saved for backward, per modality: pre, h, O
-(G, N, r) and LSE (G, N), all fp32; nothing N_v x N_a wide is ever written.
+D-wide projections run on the input dtype with fp32 accumulation. Saved for backward, per modality: pre (G, N, r),
+and for an enabled direction its O (G, N, r) and LSE (G, N), all fp32 (see ``_saved_shapes``); nothing
+N_v x N_a wide is ever written. A disabled direction gets empty placeholders for O / LSE, and so do pre, O and LSE
+when no input requires grad (inference): the kernels skip those stores.
 """
 
 from __future__ import annotations
@@ -62,15 +66,28 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
+def _gelu(pre):
+    """Exact (erf) GELU: the forward stores it, the backward kernels recompute it from the saved pre.
+
+    Written as an fma with a zero addend, ``(0.5 pre) (1 + erf(pre / sqrt 2)) + 0``: one rounding, the same value
+    as the plain product (up to the sign of a zero), but an fma, which the GPU compiler cannot contract into what
+    consumes it (a recomputed plain product would feed ``h + gate * O`` or the tf32x3 split of a dot unrounded). So
+    the recomputed h is bit for bit the stored one, in the interpreter and on the GPU.
+    """
+    return tl.fma(0.5 * pre, 1.0 + tl.erf(pre * _SQRT1_2), 0.0)
+
+
+@triton.jit
 def _down_gelu_kernel(
     U,  # (n_rows, D) adapter input, compute dtype CDT
     W,  # (R, D) down-projection weight, CDT or fp32 (master weight, rounded to CDT on load)
     B,  # (R,) down-projection bias, CDT or fp32 (rounded to CDT on load)
-    PRE,  # (n_rows, R) out: pre-activation u W^T + b, ACC dtype
-    H,  # (n_rows, R) out: GELU(pre), ACC dtype
+    PRE,  # (n_rows, R) out: pre-activation u W^T + b, ACC dtype (written if SAVE, else an unread placeholder)
+    H,  # (n_rows, R) out: GELU(pre), ACC dtype (forward-only: the attention kernels read it)
     n_rows,
     D,
     R,
+    SAVE: tl.constexpr,  # backward will run: store pre
     BLOCK_M: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -97,11 +114,11 @@ def _down_gelu_kernel(
 
     b = tl.load(B + offs_r, mask=r_mask, other=0.0).to(CDT).to(ACC)
     pre = acc + b[None, :]
-    h = 0.5 * pre * (1.0 + tl.erf(pre * _SQRT1_2))
     mr_mask = m_mask[:, None] & r_mask[None, :]
     mr_offs = offs_m[:, None] * R + offs_r[None, :]
-    tl.store(PRE + mr_offs, pre, mask=mr_mask)
-    tl.store(H + mr_offs, h, mask=mr_mask)
+    if SAVE:
+        tl.store(PRE + mr_offs, pre, mask=mr_mask)
+    tl.store(H + mr_offs, _gelu(pre), mask=mr_mask)
 
 
 @triton.jit
@@ -114,13 +131,14 @@ def _attn_up_kernel(
     BU,  # (D,) up-projection bias, CDT or fp32 (rounded to CDT on load)
     GATE,  # (1,) gate of this direction (alpha or beta), ACC dtype
     OUT,  # (G * n_q, D) out: x + u + h' W_u^T + b_u, computed in ACC, stored in the dtype of x
-    ATT,  # (G * n_q, R) out: attention output softmax(h_q h_k^T) h_k, ACC dtype (written if HAS_ATTN)
-    LSE,  # (G * n_q,) out: log-sum-exp of the score rows, ACC dtype (written if HAS_ATTN)
+    ATT,  # (G * n_q, R) out: attention output softmax(h_q h_k^T) h_k, ACC dtype (written if HAS_ATTN and SAVE)
+    LSE,  # (G * n_q,) out: log-sum-exp of the score rows, ACC dtype (written if HAS_ATTN and SAVE)
     n_q,
     n_kv,
     D,
     R,
     HAS_ATTN: tl.constexpr,
+    SAVE: tl.constexpr,  # backward will run: store O and LSE (else ATT / LSE are unread placeholders)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -166,10 +184,11 @@ def _attn_up_kernel(
             acc = tl.dot(p, hk, acc * rescale[:, None], input_precision=ATT_PREC, out_dtype=ACC)
             m_i = m_new
         o = acc / l_i[:, None]
-        tl.store(ATT + mr_offs, o, mask=mr_mask)
-        tl.store(LSE + offs_m, m_i + tl.log(l_i), mask=m_mask)
+        if SAVE:
+            tl.store(ATT + mr_offs, o, mask=mr_mask)
+            tl.store(LSE + offs_m, m_i + tl.log(l_i), mask=m_mask)
         gate = tl.load(GATE).to(ACC)
-        hp = hq + gate * o
+        hp = tl.fma(gate, o, hq)  # h' = h + gate * O, one rounding: the backward forms it the same way
 
     # Up-projection and residual epilogue, D in chunks: out = x + u + h' W_u^T + b_u, written once.
     hp_in = hp.to(CDT)
@@ -191,8 +210,8 @@ def _attn_up_kernel(
 def _bwd_up_kernel(
     DOUT,  # (n_rows, D) upstream gradient of out, dtype of out (CDT or fp32), rounded to CDT for the dot
     WU,  # (D, R) up-projection weight, CDT or fp32 (rounded to CDT on load)
-    H,  # (n_rows, R) saved h, ACC dtype
-    ATT,  # (n_rows, R) saved attention output, ACC dtype (read if HAS_ATTN)
+    PRE,  # (n_rows, R) saved pre-activation, ACC dtype (h = GELU(pre) is recomputed)
+    ATT,  # (n_rows, R) saved attention output, ACC dtype (read if HAS_ATTN, else an unread placeholder)
     GATE,  # (1,) gate of this direction, ACC dtype
     DHP,  # (n_rows, R) out: dL/dh' = dout W_u, ACC dtype
     HP,  # (n_rows, R) out: h' = h + gate * O rounded to CDT, as the forward up-projection saw it (dW_u operand)
@@ -210,7 +229,7 @@ def _bwd_up_kernel(
 ):
     row0 = tl.program_id(0).to(tl.int64) * BLOCK_M  # int64 base; per-element offsets below stay int32
     DOUT += row0 * D
-    H += row0 * R
+    PRE += row0 * R
     ATT += row0 * R
     DHP += row0 * R
     HP += row0 * R
@@ -231,28 +250,27 @@ def _bwd_up_kernel(
     mr_mask = m_mask[:, None] & r_mask[None, :]
     mr_offs = offs_m[:, None] * R + offs_r[None, :]
     tl.store(DHP + mr_offs, acc, mask=mr_mask)
-    hp = tl.load(H + mr_offs, mask=mr_mask, other=0.0)
+    hp = _gelu(tl.load(PRE + mr_offs, mask=mr_mask, other=0.0))  # h
     if HAS_ATTN:
         o = tl.load(ATT + mr_offs, mask=mr_mask, other=0.0)
         gate = tl.load(GATE).to(ACC)
-        hp = hp + gate * o
+        hp = tl.fma(gate, o, hp)  # as the forward formed it
         tl.store(ROWDOT + offs_m, tl.sum(acc * o, 1), mask=m_mask)
     tl.store(HP + mr_offs, hp.to(CDT), mask=mr_mask)
 
 
 @triton.jit
 def _bwd_attn_down_kernel(
-    HX,  # (G * n_x, R) h of this modality X, ACC dtype
-    HY,  # (G * n_y, R) h of the other modality Y, ACC dtype
+    PREX,  # (G * n_x, R) saved pre-activation of this modality X, ACC dtype (h_X = GELU(pre_X) is recomputed)
+    PREY,  # (G * n_y, R) saved pre-activation of the other modality Y, ACC dtype (read if ANY_ATTN)
     DHPX,  # (G * n_x, R) dL/dh'_X, ACC dtype
     DHPY,  # (G * n_y, R) dL/dh'_Y, ACC dtype (read if KV_ON)
-    LSEX,  # (G * n_x,) LSE of "X attends to Y", ACC dtype (read if Q_ON)
-    LSEY,  # (G * n_y,) LSE of "Y attends to X", ACC dtype (read if KV_ON)
-    RDX,  # (G * n_x,) rowsum(dh'_X * O_X), ACC dtype (read if Q_ON)
-    RDY,  # (G * n_y,) rowsum(dh'_Y * O_Y), ACC dtype (read if KV_ON)
+    LSEX,  # (G * n_x,) LSE of "X attends to Y", ACC dtype (read if Q_ON, else an unread placeholder)
+    LSEY,  # (G * n_y,) LSE of "Y attends to X", ACC dtype (read if KV_ON, else an unread placeholder)
+    RDX,  # (G * n_x,) rowsum(dh'_X * O_X), ACC dtype (read if Q_ON, else an unread placeholder)
+    RDY,  # (G * n_y,) rowsum(dh'_Y * O_Y), ACC dtype (read if KV_ON, else an unread placeholder)
     GATE_X,  # (1,) gate of "X attends to Y", ACC dtype
     GATE_Y,  # (1,) gate of "Y attends to X", ACC dtype
-    PREX,  # (G * n_x, R) saved pre-activation of X, ACC dtype
     WD,  # (R, D) down-projection weight of X, CDT or fp32 (rounded to CDT on load)
     DOUT,  # (G * n_x, D) upstream gradient of out_X (the residual path of du), dtype of out (CDT or fp32)
     DPRE,  # (G * n_x, R) out: dL/dpre_X in the dtype of W_d (operand of the dW_d GEMM)
@@ -277,15 +295,14 @@ def _bwd_attn_down_kernel(
     m0 = tl.program_id(1).to(tl.int64) * BLOCK_M  # first X token of this block, within the frame
     row0 = g * n_x + m0  # int64 bases; per-element offsets below stay int32
     col0 = g * n_y
-    HX += row0 * R
-    DHPX += row0 * R
     PREX += row0 * R
+    DHPX += row0 * R
     DPRE += row0 * R
     LSEX += row0
     RDX += row0
     DOUT += row0 * D
     DU += row0 * D
-    HY += col0 * R
+    PREY += col0 * R
     DHPY += col0 * R
     LSEY += col0
     RDY += col0
@@ -299,7 +316,7 @@ def _bwd_attn_down_kernel(
     dhp = tl.load(DHPX + mr_offs, mask=mr_mask, other=0.0)
     dh = dhp  # h' = h + gate * attn(h): the identity path
     if ANY_ATTN:
-        hx = tl.load(HX + mr_offs, mask=mr_mask, other=0.0)
+        hx = _gelu(tl.load(PREX + mr_offs, mask=mr_mask, other=0.0))  # (BLOCK_M, BLOCK_R)
         gate_x = tl.load(GATE_X).to(ACC)
         gate_y = tl.load(GATE_Y).to(ACC)
         do_x = gate_x * dhp  # dL/dO_X
@@ -313,7 +330,7 @@ def _bwd_attn_down_kernel(
             n_mask = offs_n < n_y
             nr_mask = n_mask[:, None] & r_mask[None, :]
             nr_offs = offs_n[:, None] * R + offs_r[None, :]
-            hy = tl.load(HY + nr_offs, mask=nr_mask, other=0.0)  # (BLOCK_N, BLOCK_R)
+            hy = _gelu(tl.load(PREY + nr_offs, mask=nr_mask, other=0.0))  # (BLOCK_N, BLOCK_R)
             s = tl.dot(hx, tl.trans(hy), input_precision=ATT_PREC, out_dtype=ACC)  # (BLOCK_M, BLOCK_N), S = h_X h_Y^T
             s = tl.where(m_mask[:, None] & n_mask[None, :], s, float("-inf"))
             ds = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -331,8 +348,10 @@ def _bwd_attn_down_kernel(
                 dh = tl.dot(pt, do_y, dh, input_precision=ATT_PREC, out_dtype=ACC)
             dh = tl.dot(ds, hy, dh, input_precision=ATT_PREC, out_dtype=ACC)
 
-    # GELU backward and the input gradient du = dout + dpre W_d, D in chunks.
-    pre = tl.load(PREX + mr_offs, mask=mr_mask, other=0.0)
+    # GELU backward and the input gradient du = dout + dpre W_d, D in chunks. pre is loaded again rather than kept
+    # live across the key loop next to h_X: the cache modifier makes this load differ from the one above, so the
+    # compiler does not merge the two (ptxas sm_90, bf16, BLOCK_R = 128: 776 instead of 1260 bytes of spills).
+    pre = tl.load(PREX + mr_offs, mask=mr_mask, other=0.0, cache_modifier=".cg")
     gelu_grad = 0.5 * (1.0 + tl.erf(pre * _SQRT1_2)) + pre * _INV_SQRT_2PI * tl.exp(-0.5 * pre * pre)
     dpre = dh * gelu_grad
     tl.store(DPRE + mr_offs, dpre.to(DPRE.dtype.element_ty), mask=mr_mask)
@@ -535,6 +554,22 @@ def _gate(t: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return t.detach().reshape(1).to(acc).contiguous()
 
 
+# What the forward saves for backward, in the order the launchers and the custom ops pass it.
+_SAVED = ("pre_v", "o_v", "lse_v", "pre_a", "o_a", "lse_a")
+
+
+def _saved_shapes(G: int, N_v: int, N_a: int, r: int, a2v: bool, v2a: bool, save: bool) -> dict[str, tuple[int, ...]]:
+    """Shape of each ``_SAVED`` tensor. pre (G, N, r) if ``save`` (backward will run); O (G, N, r) and LSE (G, N) of
+    a modality if ``save`` and its direction is on (video: a2v, audio: v2a). Anything else is an empty placeholder
+    (0,) that no kernel reads or writes."""
+    shapes = {}
+    for m, n, on in (("v", N_v, a2v), ("a", N_a, v2a)):
+        shapes[f"pre_{m}"] = (G, n, r) if save else (0,)
+        shapes[f"o_{m}"] = (G, n, r) if save and on else (0,)
+        shapes[f"lse_{m}"] = (G, n) if save and on else (0,)
+    return shapes
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------------
@@ -557,13 +592,16 @@ def av_adapter_forward(
     beta: torch.Tensor,  # ()
     a2v: bool = True,
     v2a: bool = True,
+    save: bool = True,  # False: no backward will run (inference), nothing is kept for it
 ) -> tuple[torch.Tensor, ...]:
     """Run the forward kernels.
 
-    Returns ``(out_v, out_a, pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a)``: the two outputs in the dtypes of
-    x_v / x_a, then what backward needs, in fp32 (fp64 for fp64 inputs): pre-activations and h (G, N, r), attention
-    outputs O (G, N, r) and their log-sum-exp (G, N). O / LSE of a disabled direction are left uninitialised.
-    Dtypes: see the module docstring (fp32 master weights and an fp32 residual are accepted with 16-bit u).
+    Returns ``(out_v, out_a, pre_v, o_v, lse_v, pre_a, o_a, lse_a)``: the two outputs in the dtypes of x_v / x_a,
+    then what backward needs, in fp32 (fp64 for fp64 inputs): pre-activations (G, N, r), attention outputs O
+    (G, N, r) and their log-sum-exp (G, N). The O / LSE of a disabled direction, and with ``save=False`` all six,
+    are empty placeholders (``_saved_shapes``): the kernels skip those stores. h = GELU(pre) is a forward-only
+    temporary (the backward recomputes it). Dtypes: see the module docstring (fp32 master weights and an fp32
+    residual are accepted with 16-bit u).
     """
     _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
                   alpha, beta)  # fmt: skip
@@ -580,36 +618,37 @@ def av_adapter_forward(
     w_down_a, b_down_a, w_up_a, b_up_a = (t.contiguous() for t in (w_down_a, b_down_a, w_up_a, b_up_a))
     alpha_c, beta_c = _gate(alpha, acc_t), _gate(beta, acc_t)
 
-    saved = []
-    for u, w_d, b_d, n in ((u_v, w_down_v, b_down_v, N_v), (u_a, w_down_a, b_down_a, N_a)):
-        pre = torch.empty((G, n, r), device=u.device, dtype=acc_t)
-        h = torch.empty((G, n, r), device=u.device, dtype=acc_t)
+    shapes = _saved_shapes(G, N_v, N_a, r, a2v, v2a, save)
+    saved = {name: torch.empty(shapes[name], device=u_v.device, dtype=acc_t) for name in _SAVED}
+
+    hs = []
+    for u, w_d, b_d, n, pre in ((u_v, w_down_v, b_down_v, N_v, saved["pre_v"]),
+                                (u_a, w_down_a, b_down_a, N_a, saved["pre_a"])):  # fmt: skip
+        h = torch.empty((G, n, r), device=u.device, dtype=acc_t)  # forward-only: freed when the forward returns
         c = cfg["down"]
         _down_gelu_kernel[(triton.cdiv(G * n, c.block_m),)](
             u, w_d, b_d, pre, h, G * n, D, r,
-            BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl, PROJ_PREC=prec,
+            SAVE=bool(save), BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl, PROJ_PREC=prec,
             num_warps=c.num_warps, num_stages=c.num_stages,
         )  # fmt: skip
-        saved.append((pre, h))
-    (pre_v, h_v), (pre_a, h_a) = saved
+        hs.append(h)
+    h_v, h_a = hs
 
     outs = []
-    for hq, hk, u, x, w_u, b_u, gate, n_q, n_kv, on in (
-        (h_v, h_a, u_v, x_v, w_up_v, b_up_v, alpha_c, N_v, N_a, a2v),
-        (h_a, h_v, u_a, x_a, w_up_a, b_up_a, beta_c, N_a, N_v, v2a),
+    for hq, hk, u, x, w_u, b_u, gate, n_q, n_kv, on, o, lse in (
+        (h_v, h_a, u_v, x_v, w_up_v, b_up_v, alpha_c, N_v, N_a, a2v, saved["o_v"], saved["lse_v"]),
+        (h_a, h_v, u_a, x_a, w_up_a, b_up_a, beta_c, N_a, N_v, v2a, saved["o_a"], saved["lse_a"]),
     ):
         out = torch.empty(u.shape, device=u.device, dtype=x.dtype)  # x + u + ...: x's dtype (x is u's or fp32)
-        o = torch.empty((G, n_q, r), device=u.device, dtype=acc_t)
-        lse = torch.empty((G, n_q), device=u.device, dtype=acc_t)
         c = cfg["attn_fwd"]
         _attn_up_kernel[(G, triton.cdiv(n_q, c.block_m))](
             hq, hk, u, x, w_u, b_u, gate, out, o, lse, n_q, n_kv, D, r,
-            HAS_ATTN=bool(on), BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt,
-            ACC=acc_tl, PROJ_PREC=prec, ATT_PREC=att_prec, num_warps=c.num_warps, num_stages=c.num_stages,
+            HAS_ATTN=bool(on), SAVE=bool(save), BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r,
+            BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl, PROJ_PREC=prec, ATT_PREC=att_prec, num_warps=c.num_warps,
+            num_stages=c.num_stages,
         )  # fmt: skip
-        outs.append((out, o, lse))
-    (out_v, o_v, lse_v), (out_a, o_a, lse_a) = outs
-    return out_v, out_a, pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a
+        outs.append(out)
+    return (*outs, *saved.values())
 
 
 def av_adapter_backward(
@@ -628,13 +667,11 @@ def av_adapter_backward(
     alpha: torch.Tensor,  # ()
     beta: torch.Tensor,  # ()
     pre_v: torch.Tensor,  # (G, N_v, r) saved, ACC dtype
-    h_v: torch.Tensor,  # (G, N_v, r) saved
-    o_v: torch.Tensor,  # (G, N_v, r) saved
-    lse_v: torch.Tensor,  # (G, N_v) saved
+    o_v: torch.Tensor,  # (G, N_v, r) saved, ACC dtype; (0,) placeholder if a2v is off
+    lse_v: torch.Tensor,  # (G, N_v) saved, ACC dtype; (0,) placeholder if a2v is off
     pre_a: torch.Tensor,  # (G, N_a, r) saved
-    h_a: torch.Tensor,  # (G, N_a, r) saved
-    o_a: torch.Tensor,  # (G, N_a, r) saved
-    lse_a: torch.Tensor,  # (G, N_a) saved
+    o_a: torch.Tensor,  # (G, N_a, r) saved; (0,) placeholder if v2a is off
+    lse_a: torch.Tensor,  # (G, N_a) saved; (0,) placeholder if v2a is off
     a2v: bool = True,
     v2a: bool = True,
 ) -> tuple[torch.Tensor, ...]:
@@ -646,29 +683,27 @@ def av_adapter_backward(
     dtype (as autocast's 16-bit linear backward would), the residual path du = dout + ... and the dW_u GEMM read it
     unrounded. The weight GEMMs run in the wider of (u's dtype, the weight's dtype): fp32 for fp32 master weights,
     on operands that are exact in it (16-bit u, the 16-bit h' that the forward dot saw, dpre kept in fp32), so
-    their only rounding is fp32 accumulation.
+    their only rounding is fp32 accumulation. The saved tensors are those of ``av_adapter_forward(..., save=True)``;
+    h = GELU(pre) is recomputed in the kernels.
     """
     G, N_v, D = u_v.shape
     N_a = u_a.shape[1]
     r = w_down_v.shape[0]
     dtype = u_v.dtype
     acc_t, acc_tl = _acc_dtypes(dtype)
+    shapes = _saved_shapes(G, N_v, N_a, r, a2v, v2a, save=True)
     for name, t, shape, want in (
         ("dout_v", dout_v, (G, N_v, D), None), ("dout_a", dout_a, (G, N_a, D), None),
-        ("pre_v", pre_v, (G, N_v, r), acc_t), ("h_v", h_v, (G, N_v, r), acc_t),
-        ("o_v", o_v, (G, N_v, r), acc_t), ("lse_v", lse_v, (G, N_v), acc_t),
-        ("pre_a", pre_a, (G, N_a, r), acc_t), ("h_a", h_a, (G, N_a, r), acc_t),
-        ("o_a", o_a, (G, N_a, r), acc_t), ("lse_a", lse_a, (G, N_a), acc_t),
+        *((name, t, shapes[name], acc_t) for name, t in zip(_SAVED, (pre_v, o_v, lse_v, pre_a, o_a, lse_a))),
     ):  # fmt: skip
         if tuple(t.shape) != shape:
-            raise ValueError(f"expected {name} of shape {shape}, got {tuple(t.shape)}")
+            src = "" if want is None else f" (saved by av_adapter_forward with save=True, a2v={a2v}, v2a={v2a})"
+            raise ValueError(f"expected {name} of shape {shape}{src}, got {tuple(t.shape)}")
         if want is not None and t.dtype != want:
             raise ValueError(f"expected saved {name} of dtype {want} (from av_adapter_forward), got {t.dtype}")
         if want is None and t.dtype not in _TL_DTYPES:
             raise ValueError(f"expected {name} of a floating dtype {tuple(_TL_DTYPES)}, got {t.dtype}")
-    pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a = (
-        t.contiguous() for t in (pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a)
-    )
+    pre_v, o_v, lse_v, pre_a, o_a, lse_a = (t.contiguous() for t in (pre_v, o_v, lse_v, pre_a, o_a, lse_a))
     cdt = _TL_DTYPES[dtype]
     prec, att_prec = _dot_precisions(dtype)
     block_r = _block_r(r)
@@ -680,14 +715,14 @@ def av_adapter_backward(
 
     # 1. dh' = dout W_u, h' for the dW_u GEMM, rowdot = rowsum(dh' * O).
     side = []
-    for dout, w_u, h, o, gate, n, on in ((dout_v, w_up_v, h_v, o_v, alpha_c, N_v, a2v),
-                                         (dout_a, w_up_a, h_a, o_a, beta_c, N_a, v2a)):  # fmt: skip
+    for dout, w_u, pre, o, gate, n, on in ((dout_v, w_up_v, pre_v, o_v, alpha_c, N_v, a2v),
+                                           (dout_a, w_up_a, pre_a, o_a, beta_c, N_a, v2a)):  # fmt: skip
         dhp = torch.empty((G, n, r), device=dout.device, dtype=acc_t)
         hp = torch.empty((G, n, r), device=dout.device, dtype=dtype)
-        rowdot = torch.zeros((G, n), device=dout.device, dtype=acc_t)
+        rowdot = torch.zeros((G, n) if on else (0,), device=dout.device, dtype=acc_t)  # off: unwritten placeholder
         c = cfg["up_bwd"]
         _bwd_up_kernel[(triton.cdiv(G * n, c.block_m),)](
-            dout, w_u, h, o, gate, dhp, hp, rowdot, G * n, D, r,
+            dout, w_u, pre, o, gate, dhp, hp, rowdot, G * n, D, r,
             HAS_ATTN=bool(on), BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl,
             PROJ_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages,
         )  # fmt: skip
@@ -697,10 +732,10 @@ def av_adapter_backward(
     # 2. Attention backward (both directions from one pass over the shared scores), GELU backward, du.
     grads = []
     # X = this side, Y = the other one; q_on: "X attends to Y" is on, kv_on: "Y attends to X" is on.
-    for (hx, hy, dhpx, dhpy, lsex, lsey, rdx, rdy, gx, gy, prex, w_d, u, dout, n_x, n_y, q_on, kv_on) in (
-        (h_v, h_a, dhp_v, dhp_a, lse_v, lse_a, rd_v, rd_a, alpha_c, beta_c, pre_v, w_down_v, u_v, dout_v, N_v, N_a,
+    for (prex, prey, dhpx, dhpy, lsex, lsey, rdx, rdy, gx, gy, w_d, u, dout, n_x, n_y, q_on, kv_on) in (
+        (pre_v, pre_a, dhp_v, dhp_a, lse_v, lse_a, rd_v, rd_a, alpha_c, beta_c, w_down_v, u_v, dout_v, N_v, N_a,
          a2v, v2a),
-        (h_a, h_v, dhp_a, dhp_v, lse_a, lse_v, rd_a, rd_v, beta_c, alpha_c, pre_a, w_down_a, u_a, dout_a, N_a, N_v,
+        (pre_a, pre_v, dhp_a, dhp_v, lse_a, lse_v, rd_a, rd_v, beta_c, alpha_c, w_down_a, u_a, dout_a, N_a, N_v,
          v2a, a2v),
     ):  # fmt: skip
         # dpre in the dW_d GEMM dtype: fp32 for fp32 master weights, else u's dtype (the same-dtype path).
@@ -708,7 +743,7 @@ def av_adapter_backward(
         du = torch.empty_like(u)
         c = cfg["attn_bwd"]
         _bwd_attn_down_kernel[(G, triton.cdiv(n_x, c.block_m))](
-            hx, hy, dhpx, dhpy, lsex, lsey, rdx, rdy, gx, gy, prex, w_d, dout, dpre, du, n_x, n_y, D, r,
+            prex, prey, dhpx, dhpy, lsex, lsey, rdx, rdy, gx, gy, w_d, dout, dpre, du, n_x, n_y, D, r,
             Q_ON=bool(q_on), KV_ON=bool(kv_on), ANY_ATTN=bool(q_on or kv_on),
             BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl,
             PROJ_PREC=prec, ATT_PREC=att_prec, num_warps=c.num_warps, num_stages=c.num_stages,
@@ -732,7 +767,7 @@ def av_adapter_backward(
                                                           b_up_v)  # fmt: skip
     dw_down_a, db_down_a, dw_up_a, db_up_a = weight_grads(dout_a, u_a, hp_a, dpre_a, w_down_a, b_down_a, w_up_a,
                                                           b_up_a)  # fmt: skip
-    dalpha = rd_v.sum().to(alpha.dtype).reshape(alpha.shape)  # zero when a2v is off (rowdot left at 0)
+    dalpha = rd_v.sum().to(alpha.dtype).reshape(alpha.shape)  # zero when a2v is off (rowdot empty)
     dbeta = rd_a.sum().to(beta.dtype).reshape(beta.shape)
     return (du_v, du_a, dw_down_v, db_down_v, dw_up_v, db_up_v, dw_down_a, db_down_a, dw_up_a, db_up_a,
             dalpha, dbeta)  # fmt: skip
@@ -754,8 +789,9 @@ class AVAdapterFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
                 alpha, beta, a2v=True, v2a=True):  # fmt: skip
+        save = any(ctx.needs_input_grad)  # False under no_grad / inference, or when no input requires grad
         res = av_adapter_forward(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a,
-                                 w_up_a, b_up_a, alpha, beta, a2v, v2a)  # fmt: skip
+                                 w_up_a, b_up_a, alpha, beta, a2v, v2a, save)  # fmt: skip
         ctx.save_for_backward(u_v, u_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
                               alpha, beta, *res[2:])  # fmt: skip
         ctx.flags = (a2v, v2a)
@@ -773,7 +809,7 @@ class AVAdapterFunction(torch.autograd.Function):
 
 
 _Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                 torch.Tensor, torch.Tensor, torch.Tensor]  # fmt: skip
+                 torch.Tensor]  # fmt: skip
 _Grads = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # fmt: skip
 
@@ -783,26 +819,25 @@ def _av_adapter_op(
     u_v: torch.Tensor, u_a: torch.Tensor, x_v: torch.Tensor, x_a: torch.Tensor,
     w_down_v: torch.Tensor, b_down_v: torch.Tensor, w_up_v: torch.Tensor, b_up_v: torch.Tensor,
     w_down_a: torch.Tensor, b_down_a: torch.Tensor, w_up_a: torch.Tensor, b_up_a: torch.Tensor,
-    alpha: torch.Tensor, beta: torch.Tensor, a2v: bool, v2a: bool,
+    alpha: torch.Tensor, beta: torch.Tensor, a2v: bool, v2a: bool, save: bool = True,
 ) -> _Outputs:  # fmt: skip
-    """(out_v, out_a, pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a), see ``av_adapter_forward``."""
+    """(out_v, out_a, pre_v, o_v, lse_v, pre_a, o_a, lse_a), see ``av_adapter_forward``."""
     return av_adapter_forward(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a,
-                              w_up_a, b_up_a, alpha, beta, a2v, v2a)  # fmt: skip
+                              w_up_a, b_up_a, alpha, beta, a2v, v2a, save)  # fmt: skip
 
 
 @_av_adapter_op.register_fake
 def _(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a, alpha, beta,
-      a2v, v2a):  # fmt: skip
+      a2v, v2a, save=True):  # fmt: skip
     _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
                   alpha, beta)  # fmt: skip
     G, N_v, _ = u_v.shape
     N_a, r = u_a.shape[1], w_down_v.shape[0]
     acc_t, _ = _acc_dtypes(u_v.dtype)
-    side = []
-    for n in (N_v, N_a):
-        side += [u_v.new_empty((G, n, r), dtype=acc_t) for _ in range(3)] + [u_v.new_empty((G, n), dtype=acc_t)]
+    shapes = _saved_shapes(G, N_v, N_a, r, a2v, v2a, save)
+    saved = [u_v.new_empty(shapes[name], dtype=acc_t) for name in _SAVED]
     # Outputs are contiguous, in the dtype of x (u's dtype, or fp32 for an fp32 residual with 16-bit u).
-    return (u_v.new_empty(u_v.shape, dtype=x_v.dtype), u_a.new_empty(u_a.shape, dtype=x_a.dtype), *side)
+    return (u_v.new_empty(u_v.shape, dtype=x_v.dtype), u_a.new_empty(u_a.shape, dtype=x_a.dtype), *saved)
 
 
 @torch.library.custom_op("stgcma_fast::av_adapter_backward", mutates_args=())
@@ -811,19 +846,18 @@ def _av_adapter_backward_op(
     w_down_v: torch.Tensor, b_down_v: torch.Tensor, w_up_v: torch.Tensor, b_up_v: torch.Tensor,
     w_down_a: torch.Tensor, b_down_a: torch.Tensor, w_up_a: torch.Tensor, b_up_a: torch.Tensor,
     alpha: torch.Tensor, beta: torch.Tensor,
-    pre_v: torch.Tensor, h_v: torch.Tensor, o_v: torch.Tensor, lse_v: torch.Tensor,
-    pre_a: torch.Tensor, h_a: torch.Tensor, o_a: torch.Tensor, lse_a: torch.Tensor,
+    pre_v: torch.Tensor, o_v: torch.Tensor, lse_v: torch.Tensor,
+    pre_a: torch.Tensor, o_a: torch.Tensor, lse_a: torch.Tensor,
     a2v: bool, v2a: bool,
 ) -> _Grads:  # fmt: skip
     """(du_v, du_a, dw_down_v, db_down_v, dw_up_v, db_up_v, dw_down_a, db_down_a, dw_up_a, db_up_a, dalpha, dbeta)."""
     return av_adapter_backward(dout_v, dout_a, u_v, u_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a,
-                               w_up_a, b_up_a, alpha, beta, pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a,
-                               a2v, v2a)  # fmt: skip
+                               w_up_a, b_up_a, alpha, beta, pre_v, o_v, lse_v, pre_a, o_a, lse_a, a2v, v2a)  # fmt: skip
 
 
 @_av_adapter_backward_op.register_fake
 def _(dout_v, dout_a, u_v, u_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a, alpha, beta,
-      pre_v, h_v, o_v, lse_v, pre_a, h_a, o_a, lse_a, a2v, v2a):  # fmt: skip
+      pre_v, o_v, lse_v, pre_a, o_a, lse_a, a2v, v2a):  # fmt: skip
     # Every gradient is contiguous and in the dtype of its input (fp32 for fp32 master weights).
     like = lambda t: t.new_empty(t.shape)  # noqa: E731
     return (like(u_v), like(u_a), like(w_down_v), like(b_down_v), like(w_up_v), like(b_up_v),
@@ -831,20 +865,20 @@ def _(dout_v, dout_a, u_v, u_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_
 
 
 def _setup_context(ctx, inputs, output):
-    u_v, u_a, x_v, x_a, *params, a2v, v2a = inputs  # params: the 8 weights and biases, alpha, beta
-    ctx.save_for_backward(u_v, u_a, *params, *output[2:])
+    u_v, u_a, x_v, x_a, *params, a2v, v2a, _save = inputs  # params: the 8 weights and biases, alpha, beta
+    ctx.save_for_backward(u_v, u_a, *params, *output[2:])  # output[2:]: pre, O, LSE per modality (``_SAVED``)
     ctx.flags = (a2v, v2a)
     ctx.out_dtypes = (x_v.dtype, x_a.dtype)
 
 
 def _backward(ctx, dout_v, dout_a, *_aux_grads):
-    """Gradients for the 16 op inputs; the saved intermediates (outputs 2..9) are internal and get none."""
+    """Gradients for the 17 op inputs; the saved intermediates (outputs 2..7) are internal and get none."""
     a2v, v2a = ctx.flags
     u_v, u_a = ctx.saved_tensors[:2]
     dout_v = _materialize(dout_v, u_v, ctx.out_dtypes[0])
     dout_a = _materialize(dout_a, u_a, ctx.out_dtypes[1])
     g = _av_adapter_backward_op(dout_v, dout_a, *ctx.saved_tensors, a2v, v2a)
-    return (g[0], g[1], dout_v, dout_a, *g[2:10], g[10] if a2v else None, g[11] if v2a else None, None, None)
+    return (g[0], g[1], dout_v, dout_a, *g[2:10], g[10] if a2v else None, g[11] if v2a else None, None, None, None)
 
 
 _av_adapter_op.register_autograd(_backward, setup_context=_setup_context)
@@ -878,8 +912,10 @@ def av_adapter(
     Returns (out_v (G, N_v, D), out_a (G, N_a, D)) in the dtypes of x_v / x_a. Differentiable w.r.t. every tensor
     input (each gradient in its input's dtype), traceable by ``torch.compile(fullgraph=True)`` (a
     ``torch.library.custom_op``). Accepts what ``torch.autocast`` hands it: 16-bit u with an fp32 residual x and fp32
-    master weights (see the module docstring, "Dtypes").
+    master weights (see the module docstring, "Dtypes"). Keeps pre, O and LSE for backward only when grad mode is on
+    and some input requires grad; under ``torch.no_grad()`` / ``torch.inference_mode()`` nothing is saved.
     """
-    res = _av_adapter_op(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a,
-                         b_up_a, alpha, beta, bool(a2v), bool(v2a))  # fmt: skip
+    tensors = (u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a, alpha, beta)
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    res = _av_adapter_op(*tensors, bool(a2v), bool(v2a), save)
     return res[0], res[1]

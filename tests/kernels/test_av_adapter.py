@@ -17,6 +17,7 @@ rounds them for F.linear), with the tolerance row of u's dtype: max scaled error
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -25,6 +26,8 @@ import torch
 from stgcma_fast.kernels import av_adapter as ava
 from stgcma_fast.ops import torch_ops
 from stgcma_fast.testing import assert_close
+
+from .compile_check import KernelSpec, compile_in_subprocess
 
 NAMES = ("u_v", "u_a", "x_v", "x_a", "w_down_v", "b_down_v", "w_up_v", "b_up_v",
          "w_down_a", "b_down_a", "w_up_a", "b_up_a", "alpha", "beta")  # fmt: skip
@@ -391,6 +394,88 @@ def test_supports_reasons(monkeypatch):
     assert "device meta not supported" in ava.supports(*meta.values())
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert ava.supports(*ok.values()) == "device cpu needs TRITON_INTERPRET=1"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sm_90 builds without a GPU (see compile_check): every kernel as the launchers specialise it.
+# ---------------------------------------------------------------------------------------------------------------
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+TRAINING = (True, True, True)  # (a2v, v2a, save): both directions, the forward saves for backward
+# Per test case (one process each, < 20 s on 2 cores with a cold Triton cache): the (u, x, weights and biases) dtypes,
+# each compute dtype alone and 16-bit u in the autocast mix (fp32 x, weights and biases: every pointer at its fp32
+# dtype at once; the per-parameter mixes read the same loads, one pointer at a time), and the (a2v, v2a, save) modes.
+SM90_CASES = {
+    "fp32": ([(F32, F32, F32)], [TRAINING]),
+    "fp16": ([(F16, F16, F16), (F16, F32, F32)], [TRAINING]),
+    "bf16": ([(BF16, BF16, BF16), (BF16, F32, F32)], [TRAINING]),
+    # The fusions "a2v", "v2a", "none" (config.FUSIONS) and inference (save=False), in the bf16 autocast mix: the
+    # variants that only they run.
+    "bf16-other-modes": ([(BF16, F32, F32)], [m for m in itertools.product((True, False), repeat=3) if m != TRAINING]),
+}
+
+
+def _launch_flags(modes: list[tuple[bool, bool, bool]]) -> dict[str, list[dict[str, bool]]]:
+    """The flag constexprs of each ``_LAUNCH`` step, as the launchers derive them from (a2v, v2a, save)."""
+    flags: dict[str, list[dict[str, bool]]] = {"down": [], "attn_fwd": [], "up_bwd": [], "attn_bwd": []}
+    for a2v, v2a, save in modes:
+        flags["down"].append({"SAVE": save})
+        for on in (a2v, v2a):  # video, then audio
+            flags["attn_fwd"].append({"HAS_ATTN": on, "SAVE": save})
+            if save:  # backward runs only after a forward that saved for it
+                flags["up_bwd"].append({"HAS_ATTN": on})
+        for q_on, kv_on in ((a2v, v2a), (v2a, a2v)) if save else ():  # X = video, then X = audio
+            flags["attn_bwd"].append({"Q_ON": q_on, "KV_ON": kv_on, "ANY_ATTN": q_on or kv_on})
+    return {step: [f for i, f in enumerate(fs) if f not in fs[:i]] for step, fs in flags.items()}
+
+
+def _sm90_specs(case: str) -> list[KernelSpec]:
+    """The four kernels with the constexprs and launch options that ``av_adapter_forward`` / ``_backward`` pass,
+    for every ``_LAUNCH`` entry (BLOCK_R = 128, 64, 32: the biggest first, so that the workers finish together) and
+    the dtypes and modes of ``SM90_CASES[case]``."""
+    dtypes, modes = SM90_CASES[case]
+    flags = _launch_flags(modes)
+    if TRAINING not in modes:  # leave out what the training cases compile
+        training = _launch_flags([TRAINING])
+        flags = {step: [f for f in fs if f not in training[step]] for step, fs in flags.items()}
+    kernels = {"down": ava._down_gelu_kernel, "attn_fwd": ava._attn_up_kernel, "up_bwd": ava._bwd_up_kernel,
+               "attn_bwd": ava._bwd_attn_down_kernel}  # fmt: skip
+    specs = []
+    for cdt, xdt, wdt in dtypes:
+        u, x, w = (f"*{_TRITON_TYPES[t]}" for t in (cdt, xdt, wdt))
+        acc_t, acc = ava._acc_dtypes(cdt)
+        f = f"*{_TRITON_TYPES[acc_t]}"  # pre, h, O, LSE, dh', rowdot, gates
+        dpre = f"*{_TRITON_TYPES[torch.promote_types(wdt, cdt)]}"
+        prec, att_prec = ava._dot_precisions(cdt)
+        sigs = {
+            "down": {"U": u, "W": w, "B": w, "PRE": f, "H": f, "n_rows": "i32", "D": "i32", "R": "i32"},
+            "attn_fwd": {"HQ": f, "HK": f, "U": u, "X": x, "WU": w, "BU": w, "GATE": f, "OUT": x, "ATT": f, "LSE": f,
+                         "n_q": "i32", "n_kv": "i32", "D": "i32", "R": "i32"},
+            "up_bwd": {"DOUT": x, "WU": w, "PRE": f, "ATT": f, "GATE": f, "DHP": f, "HP": u, "ROWDOT": f,
+                       "n_rows": "i32", "D": "i32", "R": "i32"},
+            "attn_bwd": {**dict.fromkeys(("PREX", "PREY", "DHPX", "DHPY", "LSEX", "LSEY", "RDX", "RDY", "GATE_X",
+                                          "GATE_Y"), f),
+                         "WD": w, "DOUT": x, "DPRE": dpre, "DU": u, "n_x": "i32", "n_y": "i32", "D": "i32", "R": "i32"},
+        }  # fmt: skip
+        for block_r in sorted(ava._LAUNCH, reverse=True):
+            for step, c in ava._LAUNCH[block_r].items():
+                consts = {"BLOCK_M": c.block_m, "BLOCK_R": block_r, "BLOCK_D": ava.BLOCK_D, "CDT": ava._TL_DTYPES[cdt],
+                          "ACC": acc, "PROJ_PREC": prec}  # fmt: skip
+                if step.startswith("attn"):  # the attention kernels: key blocks and the r-wide dot precision
+                    consts |= {"BLOCK_N": c.block_n, "ATT_PREC": att_prec}
+                for flag in flags[step]:
+                    label = ", ".join([f"u {cdt}, x {xdt}, w {wdt}".replace("torch.", ""), f"BLOCK_R={block_r}",
+                                       *(f"{k}={v}" for k, v in flag.items())])  # fmt: skip
+                    specs.append(KernelSpec(kernels[step], sigs[step], {**flag, **consts}, c.num_warps, c.num_stages,
+                                            label=label))  # fmt: skip
+    return specs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(SM90_CASES))
+def test_kernels_compile_for_sm90_without_a_gpu(case):
+    """The four AV-Adapter kernels compile to sm_90 cubins, which the interpreter cannot check (see compile_check)."""
+    compile_in_subprocess(_sm90_specs, case)
 
 
 # ---------------------------------------------------------------------------------------------------------------
