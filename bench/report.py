@@ -184,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = "\n\n".join(blocks)
     if data["machine_info"].get("device", "cpu") == "cpu":
         text += ("\n\nNo GPU run is recorded yet: these are CPU numbers of the tiny harness cases, which say "
-                 "nothing about GPU speed. The GPU figures are pending.")
+                 "nothing about GPU speed (the `triton` rows run in the Triton interpreter, a correctness tool). "
+                 "The GPU figures are pending.")
     print(text)
     if args.update_readme:
         update_readme(text)
