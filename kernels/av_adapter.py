@@ -57,6 +57,8 @@ import torch
 import triton
 import triton.language as tl
 
+from stgcma_fast.kernels._common import acc_dtypes
+
 # ----------------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------------------
@@ -533,10 +535,6 @@ def _block_r(r: int) -> int:
     return max(32, triton.next_power_of_2(r))
 
 
-def _acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 def _dot_precisions(dtype: torch.dtype) -> tuple[str, str]:
     """(projection, attention) tl.dot input precisions.
 
@@ -608,7 +606,7 @@ def av_adapter_forward(
     G, N_v, D = u_v.shape
     N_a = u_a.shape[1]
     r = w_down_v.shape[0]
-    acc_t, acc_tl = _acc_dtypes(u_v.dtype)
+    acc_t, acc_tl = acc_dtypes(u_v.dtype)
     cdt = _TL_DTYPES[u_v.dtype]
     prec, att_prec = _dot_precisions(u_v.dtype)
     block_r = _block_r(r)
@@ -690,7 +688,7 @@ def av_adapter_backward(
     N_a = u_a.shape[1]
     r = w_down_v.shape[0]
     dtype = u_v.dtype
-    acc_t, acc_tl = _acc_dtypes(dtype)
+    acc_t, acc_tl = acc_dtypes(dtype)
     shapes = _saved_shapes(G, N_v, N_a, r, a2v, v2a, save=True)
     for name, t, shape, want in (
         ("dout_v", dout_v, (G, N_v, D), None), ("dout_a", dout_a, (G, N_a, D), None),
@@ -833,7 +831,7 @@ def _(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a
                   alpha, beta)  # fmt: skip
     G, N_v, _ = u_v.shape
     N_a, r = u_a.shape[1], w_down_v.shape[0]
-    acc_t, _ = _acc_dtypes(u_v.dtype)
+    acc_t, _ = acc_dtypes(u_v.dtype)
     shapes = _saved_shapes(G, N_v, N_a, r, a2v, v2a, save)
     saved = [u_v.new_empty(shapes[name], dtype=acc_t) for name in _SAVED]
     # Outputs are contiguous, in the dtype of x (u's dtype, or fp32 for an fp32 residual with 16-bit u).

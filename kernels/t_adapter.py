@@ -34,7 +34,8 @@ Anything else is refused by ``supports`` (the launchers raise ValueError naming 
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
+
+from stgcma_fast.kernels._common import acc_dtypes, ieee_dot_precision, interpreted
 
 # Globals read inside @triton.jit functions must be tl.constexpr (the interpreter does not check this; the GPU does).
 _SQRT_HALF = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
@@ -220,16 +221,7 @@ def _t_adapter_bwd_kernel(
 # Launchers
 def _interpreted() -> bool:
     """True when this module's kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
-    return isinstance(_t_adapter_fwd_kernel.fn, InterpretedFunction)
-
-
-def _acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    """IEEE fp32 dots (parity with the fp64 reference); the setting only affects fp32 operands."""
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+    return interpreted(_t_adapter_fwd_kernel)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -257,7 +249,7 @@ def t_adapter_forward(
     _raise_if_unsupported(x, residual, w_down, b_down, w_up, b_up, row_scale)
     R, D = x.shape
     r = w_down.shape[0]
-    acc_torch, acc_tl = _acc_dtypes(x.dtype)
+    acc_torch, acc_tl = acc_dtypes(x.dtype)
     out = torch.empty((R, D), dtype=_out_dtype(x, residual), device=x.device)
     pre = torch.empty((R, r), dtype=acc_torch, device=x.device)
     if R == 0:
@@ -269,7 +261,7 @@ def t_adapter_forward(
         x, residual, w_down.contiguous(), b_down.contiguous(), w_up.contiguous(), b_up.contiguous(),
         row_scale.contiguous() if has_scale else x, out, pre,
         R, D, r, x.stride(0), residual.stride(0),
-        HAS_SCALE=has_scale, ACC=acc_tl, DOT_PRECISION=_dot_precision(x.dtype),
+        HAS_SCALE=has_scale, ACC=acc_tl, DOT_PRECISION=ieee_dot_precision(x.dtype),
         BLOCK_r=max(16, triton.next_power_of_2(r)),
     )
     return out, pre
@@ -294,7 +286,7 @@ def t_adapter_backward(
     r, D = w_down.shape
     R = pre.shape[0]
     dtype = w_down.dtype if compute_dtype is None else compute_dtype
-    acc_torch, acc_tl = _acc_dtypes(dtype)
+    acc_torch, acc_tl = acc_dtypes(dtype)
     expected = [("grad_out", grad_out, (R, D)), ("pre", pre, (R, r)), ("w_up", w_up, (D, r))]
     if row_scale is not None:
         expected.append(("row_scale", row_scale, (R,)))
@@ -325,7 +317,7 @@ def t_adapter_backward(
             grad_out, pre.contiguous(), w_down.contiguous(), w_up.contiguous(),
             row_scale.contiguous() if has_scale else pre, dx, dh, gs, dbd_part, dbu_part,
             R, D, r, grad_out.stride(0),
-            HAS_SCALE=has_scale, ACC=acc_tl, DOT_PRECISION=_dot_precision(dtype),
+            HAS_SCALE=has_scale, ACC=acc_tl, DOT_PRECISION=ieee_dot_precision(dtype),
             BLOCK_r=max(16, triton.next_power_of_2(r)),
         )
     return dx, dbd_part.sum(0), dbu_part.sum(0), dh, gs
@@ -382,7 +374,7 @@ def _(x, residual, w_down, b_down, w_up, b_up, row_scale=None):
     problem = _shape_problem(x, residual, w_down, b_down, w_up, b_up, row_scale)
     if problem is not None:
         raise ValueError(f"t_adapter Triton kernel: {problem}")
-    acc_torch, _ = _acc_dtypes(x.dtype)
+    acc_torch, _ = acc_dtypes(x.dtype)
     return (x.new_empty(x.shape, dtype=_out_dtype(x, residual)),
             x.new_empty((x.shape[0], w_down.shape[0]), dtype=acc_torch))
 
@@ -403,7 +395,7 @@ def _t_adapter_backward_op(
 def _(grad_out, pre, w_down, w_up, row_scale=None, compute_dtype=None):
     (r, D), R = w_down.shape, pre.shape[0]
     dtype = w_down.dtype if compute_dtype is None else compute_dtype
-    acc_torch, _ = _acc_dtypes(dtype)
+    acc_torch, _ = acc_dtypes(dtype)
     return (pre.new_empty((R, D), dtype=dtype), pre.new_empty((r,), dtype=acc_torch),
             pre.new_empty((D,), dtype=acc_torch), pre.new_empty((R, r), dtype=torch.promote_types(dtype, w_down.dtype)),
             pre.new_empty((R, r), dtype=torch.promote_types(dtype, w_up.dtype)))

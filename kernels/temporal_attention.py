@@ -28,7 +28,8 @@ import math
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
+
+from stgcma_fast.kernels._common import acc_dtypes, ieee_dot_precision, interpreted
 
 # Globals read inside @triton.jit functions must be tl.constexpr (the interpreter does not check this; the GPU does).
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -188,16 +189,7 @@ def _temporal_attention_bwd_kernel(
 # Launchers
 def _interpreted() -> bool:
     """True when this module's kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
-    return isinstance(_temporal_attention_fwd_kernel.fn, InterpretedFunction)
-
-
-def _acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    """IEEE fp32 dots (parity with the fp64 reference); the setting only affects fp32 operands."""
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+    return interpreted(_temporal_attention_fwd_kernel)
 
 
 def _blocks(M: int, hd: int) -> dict[str, int]:
@@ -219,7 +211,7 @@ def temporal_attention_forward(
         raise ValueError(f"temporal_attention Triton kernel: {reason}")
     B, M, N, C3 = qkv.shape
     H, hd = num_heads, C3 // (3 * num_heads)
-    acc_torch, acc_tl = _acc_dtypes(qkv.dtype)
+    acc_torch, acc_tl = acc_dtypes(qkv.dtype)
     out = torch.empty((B, M, N, H * hd), dtype=qkv.dtype, device=qkv.device)
     lse = torch.empty((B, H, N, M), dtype=acc_torch, device=qkv.device)
     if out.numel() == 0:
@@ -229,7 +221,7 @@ def temporal_attention_forward(
     blocks = _blocks(M, hd)
     _temporal_attention_fwd_kernel[_grid(B, N, H, blocks["BLOCK_M"])](
         qkv, out, lse, M, N, H, hd, qkv.stride(0), qkv.stride(1), qkv.stride(2), float(scale) * _LOG2E.value,
-        ACC=acc_tl, DOT_PRECISION=_dot_precision(qkv.dtype), **blocks,
+        ACC=acc_tl, DOT_PRECISION=ieee_dot_precision(qkv.dtype), **blocks,
     )
     return out, lse
 
@@ -252,7 +244,7 @@ def temporal_attention_backward(
             raise ValueError(f"temporal_attention backward: expected {name} of shape {shape}, got {tuple(t.shape)}")
         if t.device != qkv.device:
             raise ValueError(f"temporal_attention backward: expected {name} on {qkv.device}, got {t.device}")
-    acc_torch, acc_tl = _acc_dtypes(qkv.dtype)
+    acc_torch, acc_tl = acc_dtypes(qkv.dtype)
     if lse.dtype != acc_torch:
         raise ValueError(f"temporal_attention backward: expected lse of dtype {acc_torch}, got {lse.dtype}")
     dqkv = torch.empty((B, M, N, C3), dtype=qkv.dtype, device=qkv.device)
@@ -266,7 +258,7 @@ def temporal_attention_backward(
     _temporal_attention_bwd_kernel[_grid(B, N, H, blocks["BLOCK_M"])](
         qkv, out, grad_out, lse, dqkv, M, N, H, hd,
         qkv.stride(0), qkv.stride(1), qkv.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-        float(scale), float(scale) * _LOG2E.value, ACC=acc_tl, DOT_PRECISION=_dot_precision(qkv.dtype), **blocks,
+        float(scale), float(scale) * _LOG2E.value, ACC=acc_tl, DOT_PRECISION=ieee_dot_precision(qkv.dtype), **blocks,
     )
     return dqkv
 
@@ -302,7 +294,7 @@ def _(qkv, num_heads, scale):
     if problem is not None:
         raise ValueError(f"temporal_attention Triton kernel: {problem}")
     B, M, N, C3 = qkv.shape
-    return qkv.new_empty((B, M, N, C3 // 3)), qkv.new_empty((B, num_heads, N, M), dtype=_acc_dtypes(qkv.dtype)[0])
+    return qkv.new_empty((B, M, N, C3 // 3)), qkv.new_empty((B, num_heads, N, M), dtype=acc_dtypes(qkv.dtype)[0])
 
 
 @torch.library.custom_op("stgcma_fast::temporal_attention_backward", mutates_args=())

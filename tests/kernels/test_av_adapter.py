@@ -22,6 +22,7 @@ import os
 
 import pytest
 import torch
+import triton.language as tl
 
 from stgcma_fast.kernels import av_adapter as ava
 from stgcma_fast.ops import torch_ops
@@ -443,8 +444,7 @@ def _sm90_specs(case: str) -> list[KernelSpec]:
     specs = []
     for cdt, xdt, wdt in dtypes:
         u, x, w = (f"*{_TRITON_TYPES[t]}" for t in (cdt, xdt, wdt))
-        acc_t, acc = ava._acc_dtypes(cdt)
-        f = f"*{_TRITON_TYPES[acc_t]}"  # pre, h, O, LSE, dh', rowdot, gates
+        f = "*fp32"  # the ACC dtype (fp32 for every GPU dtype): pre, h, O, LSE, dh', rowdot, gates
         dpre = f"*{_TRITON_TYPES[torch.promote_types(wdt, cdt)]}"
         prec, att_prec = ava._dot_precisions(cdt)
         sigs = {
@@ -460,7 +460,7 @@ def _sm90_specs(case: str) -> list[KernelSpec]:
         for block_r in sorted(ava._LAUNCH, reverse=True):
             for step, c in ava._LAUNCH[block_r].items():
                 consts = {"BLOCK_M": c.block_m, "BLOCK_R": block_r, "BLOCK_D": ava.BLOCK_D, "CDT": ava._TL_DTYPES[cdt],
-                          "ACC": acc, "PROJ_PREC": prec}  # fmt: skip
+                          "ACC": tl.float32, "PROJ_PREC": prec}  # fmt: skip
                 if step.startswith("attn"):  # the attention kernels: key blocks and the r-wide dot precision
                     consts |= {"BLOCK_N": c.block_n, "ATT_PREC": att_prec}
                 for flag in flags[step]:
