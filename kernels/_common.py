@@ -20,3 +20,19 @@ def ieee_dot_precision(dtype: torch.dtype) -> str:
 def interpreted(kernel) -> bool:
     """True when ``kernel`` (a ``@triton.jit`` function) was defined under TRITON_INTERPRET=1 (runs on CPU tensors)."""
     return isinstance(kernel.fn, InterpretedFunction)
+
+
+def device_dtype_refusal(device: torch.device, dtype: torch.dtype, is_interpreted: bool,
+                         dtypes: tuple[torch.dtype, ...], interpreter_dtypes: tuple[torch.dtype, ...]) -> str | None:
+    """Why a kernel cannot run on ``device`` / ``dtype`` (None if it can): CUDA with ``dtypes``, or CPU tensors under
+    the interpreter with ``interpreter_dtypes``."""
+    if device.type == "cpu" and not is_interpreted:
+        return "device cpu needs TRITON_INTERPRET=1"
+    if device.type not in ("cpu", "cuda"):
+        return f"device {device.type} unsupported (cuda, or cpu under TRITON_INTERPRET=1)"
+    allowed = interpreter_dtypes if is_interpreted else dtypes
+    if dtype not in allowed:
+        why = " (the Triton interpreter computes bf16 tl.dot wrong)" if dtype == torch.bfloat16 else ""
+        return f"dtype {str(dtype).removeprefix('torch.')} unsupported{why}; supported: " + ", ".join(
+            str(d).removeprefix("torch.") for d in allowed)
+    return None

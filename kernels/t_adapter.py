@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from stgcma_fast.kernels._common import acc_dtypes, ieee_dot_precision, interpreted
+from stgcma_fast.kernels._common import acc_dtypes, device_dtype_refusal, ieee_dot_precision, interpreted
 
 # Globals read inside @triton.jit functions must be tl.constexpr (the interpreter does not check this; the GPU does).
 _SQRT_HALF = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
@@ -512,15 +512,4 @@ def supports(
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         return f"expected all tensors on one device, got {sorted(str(d) for d in devices)}"
-    device = x.device
-    interpreted = _interpreted()
-    if device.type == "cpu" and not interpreted:
-        return "device cpu needs TRITON_INTERPRET=1"
-    if device.type not in ("cpu", "cuda"):
-        return f"device {device.type} unsupported (cuda, or cpu under TRITON_INTERPRET=1)"
-    allowed = INTERPRETER_DTYPES if interpreted else DTYPES
-    if x.dtype not in allowed:
-        why = " (the Triton interpreter computes bf16 tl.dot wrong)" if x.dtype == torch.bfloat16 else ""
-        return f"dtype {str(x.dtype).removeprefix('torch.')} unsupported{why}; supported: " + ", ".join(
-            str(d).removeprefix("torch.") for d in allowed)
-    return None
+    return device_dtype_refusal(x.device, x.dtype, _interpreted(), DTYPES, INTERPRETER_DTYPES)

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from stgcma_fast.kernels._common import acc_dtypes, ieee_dot_precision, interpreted
+from stgcma_fast.kernels._common import acc_dtypes, device_dtype_refusal, ieee_dot_precision, interpreted
 
 # Globals read inside @triton.jit functions must be tl.constexpr (the interpreter does not check this; the GPU does).
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -374,14 +374,4 @@ def supports(qkv: torch.Tensor, num_heads: int, scale: float) -> str | None:
         return problem
     if not math.isfinite(float(scale)):
         return f"expected a finite scale, got {scale}"
-    interpreted = _interpreted()
-    if qkv.device.type == "cpu" and not interpreted:
-        return "device cpu needs TRITON_INTERPRET=1"
-    if qkv.device.type not in ("cpu", "cuda"):
-        return f"device {qkv.device.type} unsupported (cuda, or cpu under TRITON_INTERPRET=1)"
-    allowed = INTERPRETER_DTYPES if interpreted else DTYPES
-    if qkv.dtype not in allowed:
-        why = " (the Triton interpreter computes bf16 tl.dot wrong)" if qkv.dtype == torch.bfloat16 else ""
-        return f"dtype {str(qkv.dtype).removeprefix('torch.')} unsupported{why}; supported: " + ", ".join(
-            str(d).removeprefix("torch.") for d in allowed)
-    return None
+    return device_dtype_refusal(qkv.device, qkv.dtype, _interpreted(), DTYPES, INTERPRETER_DTYPES)
