@@ -151,8 +151,10 @@ class DaliAveLoader(BaseLoader):
         frontend: AudioFrontEnd | None | str = "default",
         pad: bool | None = None,
         device_id: int | None = None,
+        sync_ranks: bool | None = None,
     ) -> None:
-        super().__init__(dataset, batch_size, device, shuffle, seed, rank, world_size, on_error, frontend, pad)
+        super().__init__(dataset, batch_size, device, shuffle, seed, rank, world_size, on_error, frontend, pad,
+                         sync_ranks)
         if dali_device not in DALI_DEVICES:
             raise ValueError(f"expected dali_device in {DALI_DEVICES}, got {dali_device!r}")
         if dali_device == "auto":

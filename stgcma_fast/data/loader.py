@@ -29,9 +29,18 @@ same dicts). Per batch it yields, on ``device``::
 - Bad media: ``on_error="skip"`` (default) drops the clip from its batch (never zero-filled; a batch left empty is
   not yielded) and records it; ``on_error="raise"`` raises :class:`~stgcma_fast.data.audio_io.MediaError` naming the
   clip id, the file and the reason. Each pass ends with an :class:`EpochSummary` (``loader.last_summary``), logged
-  as a warning listing every skipped clip.
-- DDP caveat: a skipped clip shrinks its batch; a batch whose clips are ALL bad is dropped, which can leave ranks
-  with different step counts. Check a dataset with ``stgcma-fast prepare`` (it reports bad media) before DDP runs.
+  as a warning listing every skipped clip and every dropped batch.
+- DDP: a skipped clip only shrinks its batch, but a batch whose clips are ALL bad cannot be yielded; alone, that rank
+  would take one step fewer and DDP's gradient all-reduce would hang. So with ``sync_ranks`` (default: on when a
+  ``torch.distributed`` group of more than one process is initialised, the loader shards over it and pads) every
+  rank contributes the number of clips its raw batch loaded to one ``all_reduce(MIN)`` of a tiny int64 tensor (on the
+  CPU for gloo, on the current CUDA device for nccl) and, when any rank's batch is empty, ALL ranks skip that step:
+  the others' batches are dropped and recorded in the summary (``dropped``: "batch emptied on another rank"). Every
+  rank then yields the same number of batches, at the cost of one tiny collective per batch (plus one at the end of
+  the pass, which turns unequal batch counts into an error instead of a hang; with nccl, reading the count back also
+  waits for the work already queued on the GPU). Padded shards have the same number of raw batches on every rank;
+  unpadded ones (``pad=False``) may not, so the collective could hang: ``sync_ranks`` is off for them by default and
+  refused when asked for. ``on_error="raise"`` raises on the rank that met the bad clip, as without DDP.
 """
 
 from __future__ import annotations
@@ -309,9 +318,29 @@ class ShardSampler(Sampler):
 # ----------------------------------------------------------------------------------------------- iterator
 
 
+EMPTIED_HERE = "every clip failed to load"
+EMPTIED_ELSEWHERE = "batch emptied on another rank"
+
+
+@dataclasses.dataclass(frozen=True)
+class DroppedBatch:
+    """A raw batch that was not yielded: its 0-based position in the pass (the same on every rank), the ids it
+    had loaded on this rank (none when all its clips failed here) and why (:data:`EMPTIED_HERE` or
+    :data:`EMPTIED_ELSEWHERE`)."""
+
+    step: int
+    ids: tuple[str, ...]
+    reason: str
+
+    def __str__(self) -> str:
+        ids = f" ({len(self.ids)} loaded clips dropped: {', '.join(self.ids)})" if self.ids else ""
+        return f"batch {self.step}: {self.reason}{ids}"
+
+
 @dataclasses.dataclass
 class EpochSummary:
-    """What one pass over a shard loaded and skipped."""
+    """What one pass over a shard loaded, skipped and dropped. ``loaded`` and ``batches`` count what was yielded;
+    ``dropped`` lists the raw batches that were not (with ``sync_ranks``, the same steps on every rank)."""
 
     epoch: int
     rank: int
@@ -319,11 +348,19 @@ class EpochSummary:
     loaded: int = 0
     batches: int = 0
     skipped: list[SkippedClip] = dataclasses.field(default_factory=list)
+    dropped: list[DroppedBatch] = dataclasses.field(default_factory=list)
+
+    @property
+    def dropped_batches(self) -> int:
+        return len(self.dropped)
 
     def __str__(self) -> str:
         head = (f"epoch {self.epoch} (rank {self.rank}/{self.world_size}): {self.loaded} clips in {self.batches} "
                 f"batches, {len(self.skipped)} skipped")
-        return head + "".join(f"\n  skipped {s}" for s in self.skipped)
+        if self.dropped:
+            head += f", {self.dropped_batches} batches dropped"
+        return (head + "".join(f"\n  skipped {s}" for s in self.skipped)
+                + "".join(f"\n  dropped {d}" for d in self.dropped))
 
 
 def _worker_init(_: int) -> None:
@@ -334,7 +371,9 @@ class BaseLoader:
     """What every iterator shares (AVE, S4, AVQA; PyAV or DALI): sampler, epoch, skip handling, epoch summaries,
     device transfer, audio front end. Subclasses implement :meth:`_raw_batches` (collated CPU batches of
     :func:`collate`'s format). ``frontend="default"`` takes ``dataset.default_frontend()`` when the dataset has one,
-    else ``AudioFrontEnd()`` (the ViT setting)."""
+    else ``AudioFrontEnd()`` (the ViT setting). ``sync_ranks``: keep every DDP rank's step count equal (module doc);
+    None: on when ``torch.distributed`` is initialised with more than one process, this loader shards over all of
+    them and pads; True without an initialised group, or with ``pad=False``, is a ``ValueError``."""
 
     def __init__(
         self,
@@ -348,6 +387,7 @@ class BaseLoader:
         on_error: str = "skip",
         frontend: AudioFrontEnd | None | str = "default",
         pad: bool | None = None,
+        sync_ranks: bool | None = None,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"expected on_error in {ON_ERROR}, got {on_error!r}")
@@ -369,7 +409,38 @@ class BaseLoader:
             raise ValueError(f"expected audio segments K == video frames M, got K = "
                              f"{self.frontend.settings.num_segments} and M = {dataset.frames.num_frames}")
         self.sampler = ShardSampler(len(dataset), rank, world_size, shuffle, seed, pad)
+        self.sync_ranks = self._resolve_sync_ranks(sync_ranks)
         self.summaries: list[EpochSummary] = []
+
+    def _resolve_sync_ranks(self, sync_ranks: bool | None) -> bool:
+        dist = torch.distributed
+        group = dist.is_available() and dist.is_initialized()
+        group_size = dist.get_world_size() if group else 1
+        if sync_ranks is None:
+            return group and group_size > 1 and self.sampler.world_size == group_size and self.sampler.pad
+        if not sync_ranks:
+            return False
+        if not group:
+            raise ValueError("sync_ranks=True needs an initialised torch.distributed process group "
+                             "(call torch.distributed.init_process_group first, or pass sync_ranks=False)")
+        if self.sampler.world_size != group_size:
+            raise ValueError(f"sync_ranks=True needs the loader sharded over the whole process group, got "
+                             f"world_size={self.sampler.world_size} for a group of {group_size} processes")
+        if not self.sampler.pad:
+            raise ValueError("sync_ranks=True needs padded shards (pad=True): with pad=False the ranks can have "
+                             "different numbers of batches, and the per-batch collective would hang")
+        return True
+
+    def _min_over_ranks(self, values: Sequence[int]) -> list[int]:
+        """Element-wise minimum of ``values`` over the ranks: one ``all_reduce(MIN)`` of a small int64 tensor (on
+        the current CUDA device for nccl, else on the CPU)."""
+        dist = torch.distributed
+        backend = str(dist.get_backend())  # "gloo", "nccl", or e.g. "cpu:gloo,cuda:nccl" (CPU tensors go to gloo)
+        cuda = "nccl" in backend and "gloo" not in backend
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else None
+        tensor = torch.tensor(list(values), dtype=torch.int64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return tensor.tolist()
 
     @property
     def epoch(self) -> int:
@@ -396,20 +467,37 @@ class BaseLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         summary = EpochSummary(self.sampler.epoch, self.sampler.rank, self.sampler.world_size)
         self.summaries.append(summary)
+        steps = 0
         for batch in self._raw_batches():
+            step, steps = steps, steps + 1
             if batch["skipped"]:
                 if self.on_error == "raise":
                     raise batch["skipped"][0].error()
                 for skipped in batch["skipped"]:
                     logger.warning("skipping clip %s", skipped)
                 summary.skipped.extend(batch["skipped"])
-            if not batch["ids"]:
+            # With sync_ranks each rank sends [clips loaded, 0]; one whose pass is over sends [-1, 1] (below).
+            loaded = self._min_over_ranks([len(batch["ids"]), 0])[0] if self.sync_ranks else len(batch["ids"])
+            if loaded < 0:
+                raise self._unequal_passes(f"had a raw batch {step} while another rank's pass had ended")
+            if not loaded:
+                reason = EMPTIED_ELSEWHERE if batch["ids"] else EMPTIED_HERE
+                summary.dropped.append(DroppedBatch(step, tuple(batch["ids"]), reason))
+                if batch["ids"]:
+                    logger.warning("dropping batch %d (%d clips) on rank %d: %s", step, len(batch["ids"]),
+                                   self.sampler.rank, reason)
                 continue
             summary.loaded += len(batch["ids"])
             summary.batches += 1
             yield self._to_device(batch)
-        (logger.warning if summary.skipped else logger.info)("%s", summary)
+        if self.sync_ranks and not self._min_over_ranks([-1, 1])[1]:  # another rank still had batches
+            raise self._unequal_passes(f"ended its pass after {steps} raw batches while another rank went on")
+        (logger.warning if summary.skipped or summary.dropped else logger.info)("%s", summary)
         self.sampler.set_epoch(summary.epoch + 1)
+
+    def _unequal_passes(self, what: str) -> RuntimeError:
+        return RuntimeError(f"sync_ranks: the ranks' passes have different numbers of batches: rank "
+                            f"{self.sampler.rank} {what}; every rank of the group must iterate as many raw batches")
 
 
 class MediaLoader(BaseLoader):
@@ -425,6 +513,9 @@ class MediaLoader(BaseLoader):
         on_error: ``"skip"`` or ``"raise"``.
         rank, world_size: DDP shard (default: from ``torch.distributed`` if initialised).
         pad: pad the epoch's order so every rank gets as many clips (default: when world_size > 1).
+        sync_ranks: skip a step on every rank when any rank's batch lost all its clips, so DDP ranks stay in step
+            (one tiny collective per batch; default: on under an initialised multi-process group with padded
+            shards; see the module doc and :class:`BaseLoader`).
     """
 
     def __init__(
@@ -444,8 +535,10 @@ class MediaLoader(BaseLoader):
         prefetch_factor: int | None = None,
         persistent_workers: bool = False,
         pin_memory: bool | None = None,
+        sync_ranks: bool | None = None,
     ) -> None:
-        super().__init__(dataset, batch_size, device, shuffle, seed, rank, world_size, on_error, frontend, pad)
+        super().__init__(dataset, batch_size, device, shuffle, seed, rank, world_size, on_error, frontend, pad,
+                         sync_ranks)
         pin = self.device.type == "cuda" if pin_memory is None else pin_memory
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers, collate_fn=collate,
@@ -455,7 +548,7 @@ class MediaLoader(BaseLoader):
         )
 
     def __len__(self) -> int:
-        """Batches per pass (before batches emptied by skips are dropped)."""
+        """Raw batches per pass (before batches emptied by skips, here or on another rank, are dropped)."""
         return len(self.loader)
 
     def _raw_batches(self) -> Iterator[dict[str, Any]]:
