@@ -50,7 +50,9 @@ when no input requires grad (inference): the kernels skip those stores.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +60,130 @@ import triton
 import triton.language as tl
 
 from stgcma_fast.kernels._common import acc_dtypes
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launch configurations (the kernels' autotune candidates)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Block sizes and launch options of one kernel (all block dims powers of two, >= 16 for tl.dot)."""
+
+    block_m: int  # rows (queries) per program
+    block_n: int  # keys per attention-loop step (attention kernels only)
+    num_warps: int
+    num_stages: int
+
+
+BLOCK_D = 64  # chunk of D in every projection loop: D = 1536 runs in 24 steps, shared memory stays bounded
+
+# Launch candidates per padded bottleneck BLOCK_R and kernel step. On the GPU the autotuner times them once per key
+# (D, BLOCK_R, the flags, the token counts of the attention kernels, the dtypes) and keeps the fastest; the first,
+# each step's former fixed launch, is the default when autotuning is off (STGCMA_FAST_AUTOTUNE=0). The others come
+# from sm_90 ptxas resource reports (`python -m tests.kernels.compile_check tests.kernels.test_av_adapter:_sm90_specs
+# '["bf16"]'` prints registers and spill bytes per variant) of the training build, bf16 u with an fp32 residual and
+# fp32 master weights: block shapes that spill no registers, or fewest, within 164 KB of shared memory (A100). Spill
+# bytes per thread there, BLOCK_R = 128 (B/16 Base, r = 96): attn_fwd 64x32/8 warps 144, 32x16 72, 16x32 and 16x64
+# 0; attn_bwd 32x32/4 warps 600, 16x16/8 64, 16x32/8 104, 16x64/8 192 (none spill-free); down / up_bwd 0. BLOCK_R =
+# 64: attn_bwd 32x32/4 200, the others 0; BLOCK_R = 32: 0 throughout. Every candidate is parity-tested in the
+# interpreter (tests/kernels/test_av_adapter.py::test_every_gpu_launch_candidate) and compiled for sm_90 there.
+_GPU_LAUNCH: dict[int, dict[str, tuple[_Launch, ...]]] = {
+    32: {"down": (_Launch(64, 0, 4, 2), _Launch(32, 0, 4, 2)),
+         "attn_fwd": (_Launch(64, 32, 8, 2), _Launch(64, 16, 8, 2), _Launch(32, 16, 4, 2), _Launch(16, 32, 4, 2)),
+         "up_bwd": (_Launch(64, 0, 4, 2), _Launch(32, 0, 4, 2)),
+         "attn_bwd": (_Launch(64, 32, 8, 2), _Launch(64, 16, 8, 2), _Launch(32, 16, 4, 2), _Launch(16, 32, 4, 2))},
+    64: {"down": (_Launch(64, 0, 4, 2), _Launch(32, 0, 4, 2)),
+         "attn_fwd": (_Launch(64, 32, 4, 2), _Launch(64, 16, 8, 2), _Launch(32, 32, 8, 2), _Launch(16, 32, 8, 2)),
+         "up_bwd": (_Launch(64, 0, 4, 2), _Launch(32, 0, 4, 2)),
+         "attn_bwd": (_Launch(32, 32, 4, 2), _Launch(32, 16, 8, 2), _Launch(16, 16, 8, 2), _Launch(16, 32, 8, 2))},
+    128: {"down": (_Launch(64, 0, 8, 2), _Launch(32, 0, 8, 2), _Launch(16, 0, 8, 2)),
+          "attn_fwd": (_Launch(64, 32, 8, 2), _Launch(16, 32, 8, 2), _Launch(16, 64, 8, 2), _Launch(32, 16, 8, 2)),
+          "up_bwd": (_Launch(64, 0, 8, 2), _Launch(32, 0, 8, 2), _Launch(16, 0, 8, 2)),
+          "attn_bwd": (_Launch(32, 32, 4, 2), _Launch(16, 16, 8, 2), _Launch(16, 32, 8, 2), _Launch(16, 64, 8, 2))},
+}  # fmt: skip
+# Under TRITON_INTERPRET=1 (no GPU to time on) one launch per step: few, large tiles run fastest in numpy.
+_INTERPRETER_LAUNCH: dict[int, dict[str, _Launch]] = {
+    block_r: {step: launches[0] for step, launches in steps.items()} for block_r, steps in _GPU_LAUNCH.items()
+}
+_STEPS = ("down", "attn_fwd", "up_bwd", "attn_bwd")
+_FORCED: dict[str, _Launch] = {}  # step -> launch that overrides the candidates (tests: force_launch)
+
+
+def _config(launch: _Launch, step: str) -> triton.Config:
+    meta = {"BLOCK_M": launch.block_m} | ({"BLOCK_N": launch.block_n} if step.startswith("attn") else {})
+    return triton.Config(meta, num_warps=launch.num_warps, num_stages=launch.num_stages)
+
+
+def autotune_enabled() -> bool:
+    """Whether the GPU launchers time their candidates (``STGCMA_FAST_AUTOTUNE``, default on; "0" turns it off)."""
+    return os.environ.get("STGCMA_FAST_AUTOTUNE", "1") != "0"
+
+
+def launch_candidates(r: int, step: str) -> tuple[_Launch, ...]:
+    """What the launcher of ``step`` may run for bottleneck ``r``: the forced launch, the interpreter's one launch,
+    or the GPU candidates (the first only when autotuning is off)."""
+    if step not in _STEPS:
+        raise ValueError(f"expected step in {_STEPS}, got {step!r}")
+    block_r = _block_r(r)
+    if step in _FORCED:
+        return (_FORCED[step],)
+    if _interpreting():
+        return (_INTERPRETER_LAUNCH[block_r][step],)
+    launches = _GPU_LAUNCH[block_r][step]
+    return launches if autotune_enabled() else launches[:1]
+
+
+@contextlib.contextmanager
+def force_launch(**launches: _Launch) -> Iterator[None]:
+    """Run the given steps (``down=``, ``attn_fwd=``, ``up_bwd=``, ``attn_bwd=``) with these launches inside the
+    block, bypassing the autotuner (tests use it to check every GPU candidate)."""
+    unknown = set(launches) - set(_STEPS)
+    if unknown:
+        raise ValueError(f"expected steps among {_STEPS}, got {sorted(unknown)}")
+    before = dict(_FORCED)
+    _FORCED.update(launches)
+    _forget_tuning()  # the autotuners cache their pick per key: forget it, or a forced launch would not run
+    try:
+        yield
+    finally:
+        _FORCED.clear()
+        _FORCED.update(before)
+        _forget_tuning()
+
+
+def _forget_tuning() -> None:
+    for kernel in _KERNELS.values():
+        kernel.cache.clear()
+
+
+def _pruner(step: str):
+    def prune(configs, named_args, **kwargs):
+        return [_config(launch, step) for launch in launch_candidates(kwargs["BLOCK_R"], step)]
+
+    return prune
+
+
+def _quick_bench(fn, quantiles=None):
+    """The autotuner's timer: a shorter warm-up and repeat than Triton's default (25 / 100 ms); these kernels take
+    tens to hundreds of microseconds, and each (step, key) times up to four candidates once per process."""
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+def _autotune(step: str, key: list[str]) -> dict:
+    configs = [_config(launch, step) for steps in _GPU_LAUNCH.values() for launch in steps[step]]
+    return dict(configs=configs, key=key, prune_configs_by={"early_config_prune": _pruner(step)},
+                do_bench=_quick_bench)  # fmt: skip
+
+
+def _block_r(r: int) -> int:
+    """r padded to a power of two >= 32 (r = 24 -> 32, 48 -> 64, 96 -> 128); tl.dot needs K >= 16."""
+    return max(32, triton.next_power_of_2(r))
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Triton kernels
@@ -79,6 +205,7 @@ def _gelu(pre):
     return tl.fma(0.5 * pre, 1.0 + tl.erf(pre * _SQRT1_2), 0.0)
 
 
+@triton.autotune(**_autotune("down", key=["D", "BLOCK_R", "SAVE"]))
 @triton.jit
 def _down_gelu_kernel(
     U,  # (n_rows, D) adapter input, compute dtype CDT
@@ -123,6 +250,7 @@ def _down_gelu_kernel(
     tl.store(H + mr_offs, _gelu(pre), mask=mr_mask)
 
 
+@triton.autotune(**_autotune("attn_fwd", key=["n_q", "n_kv", "D", "BLOCK_R", "HAS_ATTN", "SAVE"]))
 @triton.jit
 def _attn_up_kernel(
     HQ,  # (G * n_q, R) h of this modality (the queries), ACC dtype
@@ -208,6 +336,7 @@ def _attn_up_kernel(
         tl.store(OUT + md_offs, out.to(OUT.dtype.element_ty), mask=md_mask)
 
 
+@triton.autotune(**_autotune("up_bwd", key=["D", "BLOCK_R", "HAS_ATTN"]))
 @triton.jit
 def _bwd_up_kernel(
     DOUT,  # (n_rows, D) upstream gradient of out, dtype of out (CDT or fp32), rounded to CDT for the dot
@@ -261,6 +390,7 @@ def _bwd_up_kernel(
     tl.store(HP + mr_offs, hp.to(CDT), mask=mr_mask)
 
 
+@triton.autotune(**_autotune("attn_bwd", key=["n_x", "n_y", "D", "BLOCK_R", "Q_ON", "KV_ON"]))
 @triton.jit
 def _bwd_attn_down_kernel(
     PREX,  # (G * n_x, R) saved pre-activation of this modality X, ACC dtype (h_X = GELU(pre_X) is recomputed)
@@ -369,6 +499,11 @@ def _bwd_attn_down_kernel(
         tl.store(DU + md_offs, du.to(CDT), mask=md_mask)
 
 
+# The autotuned kernel of each launch step.
+_KERNELS = {"down": _down_gelu_kernel, "attn_fwd": _attn_up_kernel, "up_bwd": _bwd_up_kernel,
+            "attn_bwd": _bwd_attn_down_kernel}  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Capabilities, tolerances, host-side checks
 # ----------------------------------------------------------------------------------------------------------------
@@ -428,10 +563,6 @@ _ARG_NAMES = (
 # forcing the backend; on CUDA it is picked automatically once its GPU parity tests have passed there.
 AUTO_DEVICES = ("cuda",)
 GPU_VALIDATED = False  # set True after `pytest -m gpu tests/kernels/test_av_adapter.py` passes on a GPU
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
@@ -505,34 +636,6 @@ def supports(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b
     if D > CAPABILITIES.max_d:
         return f"D={D} > {CAPABILITIES.max_d}"
     return None
-
-
-@dataclass(frozen=True)
-class _Launch:
-    """Block sizes and launch options of one kernel (all block dims powers of two, >= 16 for tl.dot)."""
-
-    block_m: int  # rows (queries) per program
-    block_n: int  # keys per attention-loop step (attention kernels only)
-    num_warps: int
-    num_stages: int
-
-
-BLOCK_D = 64  # chunk of D in every projection loop: D = 1536 runs in 24 steps, shared memory stays bounded
-# Per padded bottleneck BLOCK_R: configs chosen from sm_90 AOT compiles (ptxas): no or little register spilling,
-# shared memory < 164 KB (A100 limit). Not benchmarked: no GPU was available when this was written.
-_LAUNCH: dict[int, dict[str, _Launch]] = {
-    32: {"down": _Launch(64, 0, 4, 2), "attn_fwd": _Launch(64, 32, 8, 2),
-         "up_bwd": _Launch(64, 0, 4, 2), "attn_bwd": _Launch(64, 32, 8, 2)},
-    64: {"down": _Launch(64, 0, 4, 2), "attn_fwd": _Launch(64, 32, 4, 2),
-         "up_bwd": _Launch(64, 0, 4, 2), "attn_bwd": _Launch(32, 32, 4, 2)},
-    128: {"down": _Launch(64, 0, 8, 2), "attn_fwd": _Launch(64, 32, 8, 2),
-          "up_bwd": _Launch(64, 0, 8, 2), "attn_bwd": _Launch(32, 32, 4, 2)},
-}  # fmt: skip
-
-
-def _block_r(r: int) -> int:
-    """r padded to a power of two >= 32 (r = 24 -> 32, 48 -> 64, 96 -> 128); tl.dot needs K >= 16."""
-    return max(32, triton.next_power_of_2(r))
 
 
 def _dot_precisions(dtype: torch.dtype) -> tuple[str, str]:
@@ -610,7 +713,6 @@ def av_adapter_forward(
     cdt = _TL_DTYPES[u_v.dtype]
     prec, att_prec = _dot_precisions(u_v.dtype)
     block_r = _block_r(r)
-    cfg = _LAUNCH[block_r]
     u_v, u_a, x_v, x_a = (t.contiguous() for t in (u_v, u_a, x_v, x_a))
     w_down_v, b_down_v, w_up_v, b_up_v = (t.contiguous() for t in (w_down_v, b_down_v, w_up_v, b_up_v))
     w_down_a, b_down_a, w_up_a, b_up_a = (t.contiguous() for t in (w_down_a, b_down_a, w_up_a, b_up_a))
@@ -623,11 +725,9 @@ def av_adapter_forward(
     for u, w_d, b_d, n, pre in ((u_v, w_down_v, b_down_v, N_v, saved["pre_v"]),
                                 (u_a, w_down_a, b_down_a, N_a, saved["pre_a"])):  # fmt: skip
         h = torch.empty((G, n, r), device=u.device, dtype=acc_t)  # forward-only: freed when the forward returns
-        c = cfg["down"]
-        _down_gelu_kernel[(triton.cdiv(G * n, c.block_m),)](
+        _down_gelu_kernel[lambda meta, rows=G * n: (triton.cdiv(rows, meta["BLOCK_M"]),)](
             u, w_d, b_d, pre, h, G * n, D, r,
-            SAVE=bool(save), BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl, PROJ_PREC=prec,
-            num_warps=c.num_warps, num_stages=c.num_stages,
+            SAVE=bool(save), BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl, PROJ_PREC=prec,
         )  # fmt: skip
         hs.append(h)
     h_v, h_a = hs
@@ -638,12 +738,10 @@ def av_adapter_forward(
         (h_a, h_v, u_a, x_a, w_up_a, b_up_a, beta_c, N_a, N_v, v2a, saved["o_a"], saved["lse_a"]),
     ):
         out = torch.empty(u.shape, device=u.device, dtype=x.dtype)  # x + u + ...: x's dtype (x is u's or fp32)
-        c = cfg["attn_fwd"]
-        _attn_up_kernel[(G, triton.cdiv(n_q, c.block_m))](
+        _attn_up_kernel[lambda meta, n=n_q: (G, triton.cdiv(n, meta["BLOCK_M"]))](
             hq, hk, u, x, w_u, b_u, gate, out, o, lse, n_q, n_kv, D, r,
-            HAS_ATTN=bool(on), SAVE=bool(save), BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r,
-            BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl, PROJ_PREC=prec, ATT_PREC=att_prec, num_warps=c.num_warps,
-            num_stages=c.num_stages,
+            HAS_ATTN=bool(on), SAVE=bool(save), BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl,
+            PROJ_PREC=prec, ATT_PREC=att_prec,
         )  # fmt: skip
         outs.append(out)
     return (*outs, *saved.values())
@@ -705,7 +803,6 @@ def av_adapter_backward(
     cdt = _TL_DTYPES[dtype]
     prec, att_prec = _dot_precisions(dtype)
     block_r = _block_r(r)
-    cfg = _LAUNCH[block_r]
     dout_v, dout_a = dout_v.contiguous(), dout_a.contiguous()
     u_v, u_a = u_v.contiguous(), u_a.contiguous()
     w_down_v, w_up_v, w_down_a, w_up_a = (t.contiguous() for t in (w_down_v, w_up_v, w_down_a, w_up_a))
@@ -718,11 +815,9 @@ def av_adapter_backward(
         dhp = torch.empty((G, n, r), device=dout.device, dtype=acc_t)
         hp = torch.empty((G, n, r), device=dout.device, dtype=dtype)
         rowdot = torch.zeros((G, n) if on else (0,), device=dout.device, dtype=acc_t)  # off: unwritten placeholder
-        c = cfg["up_bwd"]
-        _bwd_up_kernel[(triton.cdiv(G * n, c.block_m),)](
+        _bwd_up_kernel[lambda meta, rows=G * n: (triton.cdiv(rows, meta["BLOCK_M"]),)](
             dout, w_u, pre, o, gate, dhp, hp, rowdot, G * n, D, r,
-            HAS_ATTN=bool(on), BLOCK_M=c.block_m, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl,
-            PROJ_PREC=prec, num_warps=c.num_warps, num_stages=c.num_stages,
+            HAS_ATTN=bool(on), BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl, PROJ_PREC=prec,
         )  # fmt: skip
         side.append((dhp, hp, rowdot))
     (dhp_v, hp_v, rd_v), (dhp_a, hp_a, rd_a) = side
@@ -739,12 +834,10 @@ def av_adapter_backward(
         # dpre in the dW_d GEMM dtype: fp32 for fp32 master weights, else u's dtype (the same-dtype path).
         dpre = torch.empty((G, n_x, r), device=dout.device, dtype=torch.promote_types(w_d.dtype, dtype))
         du = torch.empty_like(u)
-        c = cfg["attn_bwd"]
-        _bwd_attn_down_kernel[(G, triton.cdiv(n_x, c.block_m))](
+        _bwd_attn_down_kernel[lambda meta, n=n_x: (G, triton.cdiv(n, meta["BLOCK_M"]))](
             prex, prey, dhpx, dhpy, lsex, lsey, rdx, rdy, gx, gy, w_d, dout, dpre, du, n_x, n_y, D, r,
-            Q_ON=bool(q_on), KV_ON=bool(kv_on), ANY_ATTN=bool(q_on or kv_on),
-            BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_R=block_r, BLOCK_D=BLOCK_D, CDT=cdt, ACC=acc_tl,
-            PROJ_PREC=prec, ATT_PREC=att_prec, num_warps=c.num_warps, num_stages=c.num_stages,
+            Q_ON=bool(q_on), KV_ON=bool(kv_on), ANY_ATTN=bool(q_on or kv_on), BLOCK_R=block_r, BLOCK_D=BLOCK_D,
+            CDT=cdt, ACC=acc_tl, PROJ_PREC=prec, ATT_PREC=att_prec,
         )  # fmt: skip
         grads.append((dpre, du))
     (dpre_v, du_v), (dpre_a, du_a) = grads

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -98,17 +99,33 @@ def compile_spec(spec: KernelSpec, max_shared: int = SM90_MAX_SHARED) -> Any:
     return compiled
 
 
+def resource_usage(compiled: Any) -> str:
+    """Registers per thread and spill bytes ("REG:n STACK:m"; STACK > 0: spilled registers) of a compiled kernel's
+    cubin, from the cuobjdump that ships with Triton; "" where it is missing."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        return ""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    fields = next((line.split() for line in out.splitlines() if "REG:" in line), [])
+    return " ".join(f for f in fields if f.startswith(("REG:", "STACK:")))
+
+
 _SPECS: Sequence[KernelSpec] = ()  # what the forked workers of compile_specs compile (set before they fork)
 
 
-def _compile_one(i: int) -> tuple[int, str | None, float, int]:
-    """(index, None or the error with its traceback, seconds, shared bytes) of ``_SPECS[i]``."""
+def _compile_one(i: int) -> tuple[int, str | None, float, str]:
+    """(index, None or the error with its traceback, seconds, "shared bytes, registers and spills") of
+    ``_SPECS[i]``."""
     start = time.perf_counter()
     try:
         compiled = compile_spec(_SPECS[i])
     except Exception:  # every failure is reported, with its traceback
-        return i, traceback.format_exc(), time.perf_counter() - start, 0
-    return i, None, time.perf_counter() - start, compiled.metadata.shared
+        return i, traceback.format_exc(), time.perf_counter() - start, ""
+    usage = f"{compiled.metadata.shared} B shared {resource_usage(compiled)}".rstrip()
+    return i, None, time.perf_counter() - start, usage
 
 
 def compile_specs(specs: Sequence[KernelSpec], jobs: int | None = None, log: Callable[[str], None] = print) -> None:
@@ -130,9 +147,9 @@ def compile_specs(specs: Sequence[KernelSpec], jobs: int | None = None, log: Cal
                 results = pool.map(_compile_one, range(len(specs)))
             else:
                 results = map(_compile_one, range(len(specs)))
-            for i, error, seconds, shared in results:  # in order, as they come
+            for i, error, seconds, usage in results:  # in order, as they come
                 if error is None:
-                    log(f"compiled {specs[i].describe()}: {shared} B shared, {seconds:.1f} s")
+                    log(f"compiled {specs[i].describe()}: {usage}, {seconds:.1f} s")
                 else:
                     log(f"FAILED {specs[i].describe()} ({seconds:.1f} s)")
                     failures.append(f"{specs[i].describe()}:\n{error}")
@@ -167,3 +184,7 @@ def _main(target: str, args: str) -> None:
     compile_specs(specs, log=lambda line: print(line, flush=True))
     sys.stderr.flush()
     os._exit(0)  # skip the interpreter's teardown of torch and triton (~1 s): there is nothing left to save
+
+
+if __name__ == "__main__":  # python -m tests.kernels.compile_check MODULE:BUILDER '[ARGS]': compile, log resources
+    _main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "[]")

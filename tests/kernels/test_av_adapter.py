@@ -137,8 +137,9 @@ def compare(case, dtype, device, a2v=True, v2a=True, h_scale=1.0, fn=ava.av_adap
     return worst
 
 
-# Blocks (av_adapter._LAUNCH): 64 query rows forward, 32 or 64 in the attention backward, 32 keys per step, D in
-# chunks of 64. Token counts are never multiples of them: 197 tokens = 4..7 row or key blocks, 49 = 2, 5 and 17 = 1.
+# Blocks (av_adapter._INTERPRETER_LAUNCH): 64 query rows forward, 32 or 64 in the attention backward, 32 keys per
+# step, D in chunks of 64. Token counts are never multiples of them: 197 tokens = 4..7 row or key blocks, 49 = 2, 5
+# and 17 = 1.
 TOKENS = [(50, 49), (197, 49), (17, 5), (49, 197)]  # (N_v, N_a); the last has audio longer than video
 DTYPES = [torch.float32, torch.float16]
 
@@ -154,6 +155,49 @@ def test_matches_fp64_reference(dtype, tokens, r, G, D, device):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_d_not_multiple_of_block(dtype, device):
     compare((2, 33, 20, 80, 40), dtype, device)  # D = 80: the second 64-wide D chunk is masked; r = 40 in 64
+
+
+def _candidate_sets():
+    """Per padded bottleneck, the i-th GPU launch candidate of every step (a step's last for shorter lists)."""
+    for block_r, r in ((32, 24), (64, 48), (128, 96)):
+        steps = ava._GPU_LAUNCH[block_r]
+        for i in range(max(map(len, steps.values()))):
+            yield pytest.param(r, {step: ls[min(i, len(ls) - 1)] for step, ls in steps.items()}, id=f"r{r}-cand{i}")
+
+
+@pytest.mark.parametrize("r,launches", list(_candidate_sets()))
+def test_every_gpu_launch_candidate(r, launches, device):
+    """Every launch the GPU autotuner may pick computes the same (fp32: block shapes change indexing and masking,
+    not arithmetic). 50 video rows = 1..4 row blocks, 33 audio keys = 1..3 key blocks, D = 96 = a full and a masked
+    64-wide chunk."""
+    with ava.force_launch(**launches):
+        assert all(ava.launch_candidates(r, step) == (launch,) for step, launch in launches.items())
+        compare((2, 50, 33, 96, r), torch.float32, device)
+        for step, launch in launches.items():  # what the autotuners actually ran
+            ran = list(ava._KERNELS[step].cache.values())
+            assert ran and all(c.all_kwargs() == ava._config(launch, step).all_kwargs() for c in ran), (step, ran)
+
+
+def test_launch_candidates(monkeypatch):
+    """The interpreter runs one launch per step, the GPU its candidates (the first only with autotuning off), and
+    force_launch overrides both and restores them."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert ava.launch_candidates(96, "attn_bwd") == (ava._INTERPRETER_LAUNCH[128]["attn_bwd"],)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert ava.launch_candidates(96, "attn_bwd") == ava._GPU_LAUNCH[128]["attn_bwd"]
+    assert len(ava.launch_candidates(24, "attn_fwd")) > 1
+    monkeypatch.setenv("STGCMA_FAST_AUTOTUNE", "0")
+    assert ava.launch_candidates(96, "attn_bwd") == ava._GPU_LAUNCH[128]["attn_bwd"][:1]
+    forced = ava._Launch(16, 16, 4, 1)
+    with ava.force_launch(attn_bwd=forced):
+        assert ava.launch_candidates(48, "attn_bwd") == (forced,)
+        assert ava.launch_candidates(48, "down") == ava._GPU_LAUNCH[64]["down"][:1]
+    assert ava.launch_candidates(48, "attn_bwd") == ava._GPU_LAUNCH[64]["attn_bwd"][:1]
+    with pytest.raises(ValueError, match="expected steps among"):
+        with ava.force_launch(attention=forced):
+            pass
+    with pytest.raises(ValueError, match="expected step in"):
+        ava.launch_candidates(48, "attention")
 
 
 @pytest.mark.parametrize("a2v,v2a", [(True, True), (True, False), (False, True), (False, False)])
@@ -416,8 +460,12 @@ SM90_CASES = {
 }
 
 
+# The cases whose every autotune candidate is compiled (the others compile each step's first, its default).
+ALL_CANDIDATES = ("fp32", "bf16")
+
+
 def _launch_flags(modes: list[tuple[bool, bool, bool]]) -> dict[str, list[dict[str, bool]]]:
-    """The flag constexprs of each ``_LAUNCH`` step, as the launchers derive them from (a2v, v2a, save)."""
+    """The flag constexprs of each ``_GPU_LAUNCH`` step, as the launchers derive them from (a2v, v2a, save)."""
     flags: dict[str, list[dict[str, bool]]] = {"down": [], "attn_fwd": [], "up_bwd": [], "attn_bwd": []}
     for a2v, v2a, save in modes:
         flags["down"].append({"SAVE": save})
@@ -432,8 +480,8 @@ def _launch_flags(modes: list[tuple[bool, bool, bool]]) -> dict[str, list[dict[s
 
 def _sm90_specs(case: str) -> list[KernelSpec]:
     """The four kernels with the constexprs and launch options that ``av_adapter_forward`` / ``_backward`` pass,
-    for every ``_LAUNCH`` entry (BLOCK_R = 128, 64, 32: the biggest first, so that the workers finish together) and
-    the dtypes and modes of ``SM90_CASES[case]``."""
+    for every ``_GPU_LAUNCH`` candidate (BLOCK_R = 128, 64, 32: the biggest first, so that the workers finish
+    together; only each step's first outside ``ALL_CANDIDATES``) and the dtypes and modes of ``SM90_CASES[case]``."""
     dtypes, modes = SM90_CASES[case]
     flags = _launch_flags(modes)
     if TRAINING not in modes:  # leave out what the training cases compile
@@ -457,17 +505,19 @@ def _sm90_specs(case: str) -> list[KernelSpec]:
                                           "GATE_Y"), f),
                          "WD": w, "DOUT": x, "DPRE": dpre, "DU": u, "n_x": "i32", "n_y": "i32", "D": "i32", "R": "i32"},
         }  # fmt: skip
-        for block_r in sorted(ava._LAUNCH, reverse=True):
-            for step, c in ava._LAUNCH[block_r].items():
-                consts = {"BLOCK_M": c.block_m, "BLOCK_R": block_r, "BLOCK_D": ava.BLOCK_D, "CDT": ava._TL_DTYPES[cdt],
-                          "ACC": tl.float32, "PROJ_PREC": prec}  # fmt: skip
-                if step.startswith("attn"):  # the attention kernels: key blocks and the r-wide dot precision
-                    consts |= {"BLOCK_N": c.block_n, "ATT_PREC": att_prec}
-                for flag in flags[step]:
-                    label = ", ".join([f"u {cdt}, x {xdt}, w {wdt}".replace("torch.", ""), f"BLOCK_R={block_r}",
-                                       *(f"{k}={v}" for k, v in flag.items())])  # fmt: skip
-                    specs.append(KernelSpec(kernels[step], sigs[step], {**flag, **consts}, c.num_warps, c.num_stages,
-                                            label=label))  # fmt: skip
+        for block_r in sorted(ava._GPU_LAUNCH, reverse=True):
+            for step, launches in ava._GPU_LAUNCH[block_r].items():
+                for c in launches if case in ALL_CANDIDATES else launches[:1]:
+                    consts = {"BLOCK_M": c.block_m, "BLOCK_R": block_r, "BLOCK_D": ava.BLOCK_D,
+                              "CDT": ava._TL_DTYPES[cdt], "ACC": tl.float32, "PROJ_PREC": prec}  # fmt: skip
+                    if step.startswith("attn"):  # the attention kernels: key blocks and the r-wide dot precision
+                        consts |= {"BLOCK_N": c.block_n, "ATT_PREC": att_prec}
+                    for flag in flags[step]:
+                        label = ", ".join([f"u {cdt}, x {xdt}, w {wdt}".replace("torch.", ""), f"BLOCK_R={block_r}",
+                                           f"BLOCK_M={c.block_m}", *([f"BLOCK_N={c.block_n}"] if c.block_n else []),
+                                           *(f"{k}={v}" for k, v in flag.items())])  # fmt: skip
+                        specs.append(KernelSpec(kernels[step], sigs[step], {**flag, **consts}, c.num_warps,
+                                                c.num_stages, label=label))  # fmt: skip
     return specs
 
 
@@ -509,6 +559,15 @@ def test_gpu_direction_flags_bf16(a2v, v2a):
 def test_gpu_mixed_precision_bf16(case, x_dtype, w_dtype):
     """bf16 u with fp32 master weights (and an fp32 or bf16 residual), what bf16 autocast hands the op."""
     compare(case, BF16, "cuda", x_dtype=x_dtype, w_dtype=w_dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("r,launches", list(_candidate_sets()))
+def test_gpu_every_launch_candidate_bf16(r, launches):
+    """Every autotune candidate, compiled for the real GPU, in the training mix (bf16 u, fp32 residual and master
+    weights) at B/16 shapes (the parity tests above only see the candidate the autotuner picked)."""
+    with ava.force_launch(**launches):
+        compare((2, 197, 49, 768, r), BF16, "cuda", x_dtype=F32, w_dtype=F32)
 
 
 @pytest.mark.gpu
