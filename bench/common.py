@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import subprocess
@@ -16,6 +17,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 GPU_ONLY = "full-size case: needs a CUDA device (CPU runs only the tiny cases that exercise the harness)"
+CPU_ONLY = "tiny harness case: CPU only (a GPU runs the full-size cases; compiling this one would only cost time)"
 
 # Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, for MFU. Unknown devices report no MFU.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0,
@@ -66,6 +68,26 @@ def results_filename() -> str:
 def synchronize() -> None:
     if HAS_CUDA:
         torch.cuda.synchronize()
+
+
+def out_of_memory(exc: BaseException | None) -> bool:
+    """True for a CUDA out-of-memory error, also one that torch.compile re-raised inside an exception of its own."""
+    for _ in range(8):  # the cause / context chain, a few levels deep
+        if exc is None:
+            return False
+        if isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def free_device_memory() -> None:
+    """Return what the last case left to the device: unreachable tensors (gc), compiled graphs that hold on to their
+    inputs' guards (torch._dynamo.reset) and the caching allocator's free blocks."""
+    if HAS_CUDA:
+        torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def measure(fn: Callable[[], object], warmup: int, rounds: int) -> tuple[list[float], int]:

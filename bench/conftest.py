@@ -4,10 +4,20 @@ git commit, with device name, library versions and the measured copy bandwidth i
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
-from .common import HAS_CUDA, RESULTS_DIR, copy_bandwidth_gbps, device_name, git_commit, results_filename, versions
+from .common import (
+    HAS_CUDA,
+    RESULTS_DIR,
+    copy_bandwidth_gbps,
+    device_name,
+    free_device_memory,
+    git_commit,
+    results_filename,
+    versions,
+)
 
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton providers run (slowly) on CPU tensors
@@ -47,7 +57,12 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["device"] = device_name()
     machine_info["versions"] = versions()
     machine_info["git_commit"] = git_commit()
-    machine_info["copy_bandwidth_gbps"] = copy_bandwidth_gbps()
+    try:  # 2 GiB on the device: a run stopped mid-case (SIGINT) may still hold most of it, and the JSON must be written
+        free_device_memory()
+        machine_info["copy_bandwidth_gbps"] = copy_bandwidth_gbps()
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
+        machine_info["copy_bandwidth_gbps"] = None
+        machine_info["copy_bandwidth_error"] = str(err)[:200]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -55,3 +70,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.bench)
         if not HAS_CUDA and "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device; this machine has none"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_device():
+    """Every case builds its own model and inputs. On a GPU, drop what the last one left before the next starts: the
+    traceback pytest keeps of a failed case (sys.last_*, which holds its frames and so its tensors), compiled graphs
+    (each torch.compile case compiles afresh, and never runs into dynamo's recompile limit, past which it would
+    silently run eager) and the allocator's cache. Otherwise one out-of-memory case of a batch-size sweep leaves its
+    activations allocated and the cases after it run out of memory too."""
+    yield
+    if HAS_CUDA:
+        for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+            if hasattr(sys, name):
+                setattr(sys, name, None)
+        free_device_memory()

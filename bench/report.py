@@ -3,6 +3,7 @@
     python -m bench.report                      # newest GPU result file (else newest of any), tables to stdout
     python -m bench.report FILE.json --plot speedups.png
     python -m bench.report --update-readme      # rewrite the README block between the bench-table markers
+    python -m bench.report --merge-into ALL.json STEP.json ...   # append the benchmarks of STEP files to ALL
 
 Numbers come only from these files; nothing is typed in by hand.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +29,28 @@ def load(path: Path) -> dict:
     return data
 
 
+def merge(paths: Sequence[Path], into: Path) -> int:
+    """Append the benchmarks of the pytest-benchmark files ``paths`` to ``into`` (made from the first of them when it
+    does not exist; its machine_info is kept). A file that is missing, empty or cut short, as when its run was killed
+    before it wrote it (pytest-benchmark < 5.3 creates it empty at start-up), is skipped with a note on stderr.
+    Returns the number of benchmarks added."""
+    merged = load(into) if into.exists() else None
+    added = 0
+    for path in paths:
+        try:
+            data = load(path)
+        except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+            print(f"skipped {path}: {err}", file=sys.stderr)
+            continue
+        if merged is None:
+            merged = {**data, "benchmarks": []}
+        merged["benchmarks"].extend(data["benchmarks"])
+        added += len(data["benchmarks"])
+    if merged is not None:
+        into.write_text(json.dumps(merged, indent=2))
+    return added
+
+
 def newest_result(results_dir: Path = RESULTS_DIR, prefer_gpu: bool = True) -> Path | None:
     files = sorted(results_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
     if prefer_gpu:
@@ -39,9 +63,12 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
     return "-" if x is None else format(x, spec) + suffix
 
 
+FAST_PROVIDERS = ("fast", "fast-compile", "fast-triton")  # FastSTGCMA: as dispatched, compiled, Triton kernels forced
+
+
 def model_table(data: dict) -> str:
-    """Clips/s per provider for each (preset, mode, batch, frames), speed-ups against the reference and against
-    torch.compile(reference), MFU and peak memory of FastSTGCMA."""
+    """Clips/s per provider for each (preset, mode, batch, frames), speed-ups of the best FastSTGCMA provider against
+    the reference and against torch.compile(reference), MFU and peak memory of FastSTGCMA."""
     rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
@@ -52,13 +79,13 @@ def model_table(data: dict) -> str:
     if not rows:
         return ""
     out = ["| preset | mode | batch | frames | reference clips/s | fast clips/s | fast-compile clips/s | "
-           "fast / reference | fast / compile(reference) | MFU (fast) | peak MiB reference -> fast | "
-           "saved activations MiB reference -> fast |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "fast-triton clips/s | fast / reference | fast / compile(reference) | MFU (fast) | "
+           "peak MiB reference -> fast | saved activations MiB reference -> fast |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(rows, key=lambda k: (k[0], k[1], k[2], k[3] or 0)):
         p = rows[key]
         rate = {name: p[name]["clips_per_s"] for name in p}
-        best_fast = max((rate[n] for n in ("fast", "fast-compile") if n in rate), default=None)
+        best_fast = max((rate[n] for n in FAST_PROVIDERS if n in rate), default=None)
         vs_ref = best_fast / rate["reference"] if best_fast and "reference" in rate else None
         vs_compile = best_fast / rate["reference-compile"] if best_fast and "reference-compile" in rate else None
         mfu = p.get("fast", {}).get("mfu")
@@ -70,6 +97,7 @@ def model_table(data: dict) -> str:
         act = f"{act_ref:.1f} -> {act_fast:.1f}" if act_ref and act_fast else "-"
         out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3] or '-'} | {_fmt(rate.get('reference'), '.2f')} | "
                    f"{_fmt(rate.get('fast'), '.2f')} | {_fmt(rate.get('fast-compile'), '.2f')} | "
+                   f"{_fmt(rate.get('fast-triton'), '.2f')} | "
                    f"{_fmt(vs_ref, '.2f', 'x')} | {_fmt(vs_compile, '.2f', 'x')} | "
                    f"{_fmt(None if mfu is None else 100 * mfu, '.1f', '%')} | {mem} | {act} |")
     return "\n".join(out)
@@ -138,11 +166,13 @@ def plot(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels, values = [], []
-    for line in model_table(data).splitlines()[2:]:
+    lines = model_table(data).splitlines()
+    column = [c.strip() for c in lines[0].strip("|").split("|")].index("fast / reference") if lines else 0
+    for line in lines[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells[7] != "-":
+        if cells[column] != "-":
             labels.append(f"{cells[0]} {cells[1]} b{cells[2]}")
-            values.append(float(cells[7].rstrip("x")))
+            values.append(float(cells[column].rstrip("x")))
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(values) + 2), 4))
     ax.bar(range(len(values)), values)
     ax.axhline(1.0, color="k", lw=0.8)
@@ -169,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("files", nargs="*", type=Path, help="result files (default: the newest, GPU preferred)")
     parser.add_argument("--plot", type=Path, help="write a PNG of the model speed-ups here")
     parser.add_argument("--update-readme", action="store_true", help="rewrite the README's benchmark block")
+    parser.add_argument("--merge-into", type=Path, help="append the benchmarks of the files to this file (no tables)")
     args = parser.parse_args(argv)
+    if args.merge_into:
+        print(f"{merge(args.files, args.merge_into)} benchmarks added to {args.merge_into}")
+        return 0
     files = args.files or [p for p in [newest_result()] if p is not None]
     if not files:
         print("no benchmark results under bench/results/: run `pytest bench/` first")

@@ -1,6 +1,6 @@
 """Kernel benchmarks: each STG-CMA op on each provider (fused Triton, eager torch chain, torch.compile of that
 chain, xformers / SDPA for attention), forward and forward+backward, at CLIP ViT-B/16, ViT-L/14 and a Swin-like
-shape on a GPU, and at a tiny shape on CPU (where only the harness is exercised).
+shape on a GPU, and at a tiny shape on CPU only (where only the harness is exercised).
 
 Bytes that must move (the floor any implementation pays; reported as GB/s and as a share of the copy bandwidth
 measured in the same run, see machine_info["copy_bandwidth_gbps"]), with e = bytes per element, R token rows:
@@ -20,7 +20,7 @@ import torch
 
 from stgcma_fast.ops import torch_ops
 
-from .common import DEVICE, GPU_ONLY, HAS_CUDA, run_benchmark
+from .common import CPU_ONLY, DEVICE, GPU_ONLY, HAS_CUDA, run_benchmark
 
 DTYPE = torch.bfloat16 if HAS_CUDA else torch.float32
 
@@ -71,8 +71,8 @@ def _call(fn_or_mod, op: str, args: tuple):
 
 def _shape(name: str) -> dict:
     dims = SHAPES[name]
-    if dims["gpu"] and not HAS_CUDA:
-        pytest.skip(GPU_ONLY)
+    if dims["gpu"] != HAS_CUDA:
+        pytest.skip(GPU_ONLY if dims["gpu"] else CPU_ONLY)
     return dims
 
 

@@ -73,6 +73,10 @@ def _prune_configs(configs, named_args, **kwargs):
 
 _AUTOTUNE = dict(configs=_GPU_CONFIGS, key=["D", "BLOCK_r", "HAS_SCALE"],
                  prune_configs_by={"early_config_prune": _prune_configs})
+# The backward writes one row of bias-gradient partial sums per row block, and the launcher sums ALL rows: on the GPU
+# the autotuner runs every candidate on the same buffers, and a candidate with a smaller BLOCK_R leaves more rows than
+# the one it keeps, which would then be summed too. So the tuner zeroes them before each timed run and after tuning.
+_BWD_RESET = ["DBD_PART", "DBU_PART"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -141,7 +145,7 @@ def _t_adapter_fwd_kernel(
         tl.store(OUT + rows[:, None] * D + cols[None, :], (res + y).to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(**_AUTOTUNE)
+@triton.autotune(**_AUTOTUNE, reset_to_zero=_BWD_RESET)
 @triton.jit
 def _t_adapter_bwd_kernel(
     DY,  # (R, D) upstream gradient in the dtype of out (X's or fp32), rows stride_dy apart, unit column stride

@@ -68,3 +68,22 @@ def test_rejects_files_that_are_not_benchmark_json(tmp_path):
     bad.write_text(json.dumps({"foo": 1}))
     with pytest.raises(ValueError, match="not a pytest-benchmark JSON"):
         report.load(bad)
+
+
+def test_merge_appends_benchmarks_and_skips_missing_files(tmp_path, capsys):
+    """scripts/gpu_session.sh merges the JSON of each time-limited step into one file; a step stopped before it wrote
+    its file (none, or an empty one) is skipped, and the first file's machine_info is kept."""
+    first, second = _result(), _result(device="other")
+    (tmp_path / "a.json").write_text(json.dumps(first))
+    (tmp_path / "b.json").write_text(json.dumps(second))
+    into = tmp_path / "all.json"
+    (tmp_path / "empty.json").write_text("")  # what a killed run of pytest-benchmark < 5.3 leaves
+    assert report.main(["--merge-into", str(into), str(tmp_path / "a.json"), str(tmp_path / "missing.json"),
+                        str(tmp_path / "empty.json")]) == 0
+    assert report.main(["--merge-into", str(into), str(tmp_path / "b.json")]) == 0
+    merged = report.load(into)
+    assert len(merged["benchmarks"]) == 2 * len(first["benchmarks"])
+    assert merged["machine_info"]["device"] == "NVIDIA H100 80GB HBM3"
+    assert report.merge([tmp_path / "missing.json"], tmp_path / "none.json") == 0
+    assert not (tmp_path / "none.json").exists()
+    assert "benchmarks added" in capsys.readouterr().out

@@ -114,15 +114,18 @@ def build_pipeline(
 
 
 def _to_torch(tensor_list: Any, index: int) -> torch.Tensor:
-    """Sample ``index`` of a DALI TensorList (CPU or GPU) as a torch tensor (a copy)."""
+    """Sample ``index`` of a DALI TensorList (CPU or GPU) as a torch tensor (a copy). A GPU sample is copied on the
+    pipeline's GPU (its ``device_id``, whatever torch's current device is), ordered on torch's current stream there;
+    the caller synchronises that stream before DALI may reuse its output buffers (see ``DaliAveLoader._run``)."""
     from nvidia.dali.plugin.pytorch import feed_ndarray
 
     sample = tensor_list[index]
-    gpu = type(tensor_list).__name__ == "TensorListGPU"
-    out = torch.empty(tuple(sample.shape()), dtype=torch.float32, device="cuda" if gpu else "cpu")
-    if gpu:
-        feed_ndarray(sample, out, cuda_stream=torch.cuda.current_stream())
+    if type(tensor_list).__name__ == "TensorListGPU":
+        device = torch.device("cuda", sample.device_id())
+        out = torch.empty(tuple(sample.shape()), dtype=torch.float32, device=device)
+        feed_ndarray(sample, out, cuda_stream=torch.cuda.current_stream(device))
     else:
+        out = torch.empty(tuple(sample.shape()), dtype=torch.float32)
         feed_ndarray(sample, out)
     return out
 
@@ -201,6 +204,8 @@ class DaliAveLoader(BaseLoader):
         outputs = self.pipe.run()
         videos = [_to_torch(outputs[0], i) for i in range(len(plans))]
         audios = [_to_torch(outputs[1], i) for i in range(len(plans))] if self.with_audio else None
+        if videos and videos[0].is_cuda:  # copies queued on torch's stream; DALI's next run may reuse its buffers
+            torch.cuda.current_stream(videos[0].device).synchronize()
         return videos, audios
 
     def _batch(self, keys: list[tuple[int, int]]) -> dict[str, Any]:

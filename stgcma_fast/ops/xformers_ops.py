@@ -1,8 +1,11 @@
 """xformers backends for the two attention ops (CUDA only: xformers has no CPU kernels).
 
-Temporal attention reads q, k, v straight from the qkv layout as 5-D BMGHK views (batch B, sequence M frames, the
-N tokens as groups, H heads, head dim) without a permute copy in inference; its backward needs 4-D BMHK inputs, so
-with autograd the (N, H) pair is merged into heads, which copies.
+Temporal attention merges the (N tokens, H heads) pair of the qkv layout into N * H heads of 4-D BMHK inputs
+(B, M frames, N * H, hd), which copies q, k and v once. xformers 0.0.35 would also take 5-D BMGHK views with the N
+tokens as groups, without that copy, but only its cutlass forward accepts them (flash-attention refuses groups and
+heads that cannot be merged into one strided dimension, which q, k and v cut out of qkv cannot), and cutlass runs a
+5-D input as one kernel per group, each on its own CUDA stream: N = 197 launches and streams per call instead of one.
+Its backward takes 4-D inputs only.
 """
 
 from __future__ import annotations
@@ -35,10 +38,9 @@ def temporal_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch
 
     B, M, N, C3 = qkv.shape
     hd = C3 // (3 * num_heads)
-    q, k, v = qkv.view(B, M, N, 3, num_heads, hd).unbind(3)  # each (B, M, N, H, hd) = BMGHK, strided
-    if torch.is_grad_enabled() and qkv.requires_grad:
-        q, k, v = (t.reshape(B, M, N * num_heads, hd) for t in (q, k, v))  # BMHK with N * H heads (copies)
-    out = xops.memory_efficient_attention(q, k, v, scale=scale)
+    q, k, v = qkv.view(B, M, N, 3, num_heads, hd).unbind(3)  # each (B, M, N, H, hd), strided
+    q, k, v = (t.reshape(B, M, N * num_heads, hd) for t in (q, k, v))  # BMHK with N * H heads (copies)
+    out = xops.memory_efficient_attention(q, k, v, scale=scale)  # (B, M, N * H, hd)
     return out.reshape(B, M, N, num_heads * hd)
 
 

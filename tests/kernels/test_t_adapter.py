@@ -355,12 +355,14 @@ def test_supports_accepts_the_autocast_mix(device):
 
 
 def test_supports_dtype_and_device_policy(monkeypatch):
-    assert kernel.supports(**_args()) is None
     if kernel._interpreted():
+        assert kernel.supports(**_args()) is None
         assert "bfloat16 unsupported" in kernel.supports(**_args(dtype=torch.bfloat16))
         monkeypatch.setattr(kernel, "_interpreted", lambda: False)  # as if compiled for a GPU
     assert kernel.supports(**_args()) == "device cpu needs TRITON_INTERPRET=1"
     if torch.cuda.is_available():
+        assert kernel.supports(**_args(device="cuda")) is None
+        assert kernel.supports(**_args(device="cuda", dtype=torch.bfloat16)) is None
         assert "float64 unsupported" in kernel.supports(**_args(device="cuda", dtype=torch.float64))
 
 
@@ -418,3 +420,30 @@ def test_gpu_inductor_compile():
     torch._dynamo.reset()
     compiled = torch.compile(kernel.t_adapter, fullgraph=True, backend="inductor")
     compare(394, 768, 96, "mask", torch.bfloat16, "cuda", fn=compiled, tol_dtype=torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def test_backward_autotuning_leaves_no_stale_bias_partial_sums(monkeypatch, device):
+    """On a GPU the autotuner times every backward candidate on the same buffers before it keeps one. A candidate with
+    BLOCK_R = 32 writes cdiv(R, 32) rows of bias-gradient partial sums, the kept BLOCK_R = 64 only cdiv(R, 64): the
+    rows in between must not reach db_down / db_up. Simulated in the interpreter: two candidates, a timer that runs
+    each once and ranks the second (larger) block fastest, on an empty tuning cache."""
+    if device.type == "cpu" and not kernel._interpreted():
+        pytest.skip("needs TRITON_INTERPRET=1 on CPU")
+    import triton
+
+    bwd = kernel._t_adapter_bwd_kernel
+    candidates = [triton.Config({"BLOCK_R": 32, "BLOCK_D": 64}, num_warps=4, num_stages=1),
+                  triton.Config({"BLOCK_R": 64, "BLOCK_D": 64}, num_warps=4, num_stages=1)]  # fmt: skip
+    timings = iter([2.0, 1.0])
+
+    def one_run_timer(kernel_call, quantiles=None):
+        kernel_call()  # what the GPU timer does many times: run the candidate on the real buffers
+        t = next(timings)
+        return [t, t, t]
+
+    monkeypatch.setattr(bwd, "cache", {})
+    monkeypatch.setattr(bwd, "early_config_prune", lambda configs, named_args, **kwargs: candidates)
+    monkeypatch.setitem(bwd.__dict__, "do_bench", one_run_timer)
+    compare(100, 64, 24, "mask", torch.float32, device)  # cdiv(100, 32) = 4 partial rows, cdiv(100, 64) = 2
+    assert bwd.cache and list(bwd.cache.values())[0].kwargs["BLOCK_R"] == 64, "the timer should keep BLOCK_R = 64"

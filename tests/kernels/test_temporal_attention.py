@@ -168,13 +168,15 @@ def test_supports_refuses_and_launcher_raises(shape, num_heads, reason):
 
 def test_supports_dtype_and_device_policy(monkeypatch):
     qkv = torch.zeros(1, 10, 5, 96)
-    assert kernel.supports(qkv, 2, 0.1) is None
     assert "finite scale" in kernel.supports(qkv, 2, float("nan"))
     if kernel._interpreted():
+        assert kernel.supports(qkv, 2, 0.1) is None
         assert "bfloat16 unsupported" in kernel.supports(qkv.bfloat16(), 2, 0.1)
         monkeypatch.setattr(kernel, "_interpreted", lambda: False)  # as if compiled for a GPU
     assert kernel.supports(qkv, 2, 0.1) == "device cpu needs TRITON_INTERPRET=1"
     if torch.cuda.is_available():
+        assert kernel.supports(qkv.cuda(), 2, 0.1) is None
+        assert kernel.supports(qkv.bfloat16().cuda(), 2, 0.1) is None
         assert "float64 unsupported" in kernel.supports(qkv.double().cuda(), 2, 0.1)
 
 
