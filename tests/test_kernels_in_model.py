@@ -18,9 +18,15 @@ pytestmark = pytest.mark.skipif(
     reason="Triton kernels need a GPU or TRITON_INTERPRET=1",
 )
 
+# Where the kernels run: the GPU when there is one (no interpreter there), else CPU tensors under the interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNEL_OPS = [op for op, backends in REGISTRY.items() if any(b.name == "triton" for b in backends)]
 CASES = {"bidirectional": {}, "a2v": dict(fusion="a2v"), "no-fusion": dict(fusion="none"),
          "video-only": dict(branches="video"), "spatial+global": dict(stages=("spatial", "global"))}
+
+
+def _on_device(*tensors):
+    return [None if t is None else t.to(DEVICE) for t in tensors]
 
 
 def _grads(model, video, audio, grad_out):
@@ -34,11 +40,11 @@ def _grads(model, video, audio, grad_out):
 def test_model_with_kernels_matches_reference(case):
     cfg = tiny_config(**CASES[case])
     ref, fast = model_pair(cfg, std=0.1, dtype=torch.float32, backends={op: "triton" for op in KERNEL_OPS})
-    ref.eval(), fast.eval()
-    video, audio = inputs(cfg)
+    ref.to(DEVICE).eval(), fast.to(DEVICE).eval()
+    video, audio = _on_device(*inputs(cfg))
     g = torch.Generator().manual_seed(3)
     shapes = [(2, cfg.num_frames, n, 64) for n in (17, 7)]
-    grad_out = [torch.randn(s, generator=g) for s in shapes]
+    grad_out = _on_device(*(torch.randn(s, generator=g) for s in shapes))
     out_r, grads_r = _grads(ref, video, audio, grad_out)
     out_f, grads_f = _grads(fast, video, audio, grad_out)
     assert all(fast.ops.last[op] == "triton" for op in KERNEL_OPS if op in fast.ops.last), fast.ops.last
@@ -53,16 +59,16 @@ def test_model_with_kernels_matches_reference(case):
 def test_compile_fullgraph_with_kernels():
     cfg = tiny_config()
     ref, fast = model_pair(cfg, std=0.1, dtype=torch.float32, backends={op: "triton" for op in KERNEL_OPS})
-    fast.eval()
-    video, audio = inputs(cfg)
+    ref.to(DEVICE), fast.to(DEVICE).eval()
+    video, audio = _on_device(*inputs(cfg))
     out = torch.compile(fast, fullgraph=True, backend="aot_eager")(video, audio)
     assert_close(out.video_tokens, ref.eval()(video, audio).video_tokens, 1e-4, 1e-3, "compiled video_tokens")
 
 
 def test_fresh_model_with_kernels_is_the_frozen_backbone():
     cfg = tiny_config()
-    model = FastSTGCMA(cfg, backends={op: "triton" for op in KERNEL_OPS}).eval()
-    video, audio = inputs(cfg)
+    model = FastSTGCMA(cfg, backends={op: "triton" for op in KERNEL_OPS}).to(DEVICE).eval()
+    video, audio = _on_device(*inputs(cfg))
     with torch.no_grad():
         out = model(video, audio)
         for m in range(cfg.num_frames):

@@ -83,10 +83,14 @@ def temporal_attention(
     Returns (B, M, N, H * hd), the layout the output projection reads.
     """
     B, M, N, C3 = qkv.shape
-    hd = C3 // (3 * num_heads)
-    q, k, v = qkv.view(B, M, N, 3, num_heads, hd).permute(3, 0, 2, 4, 1, 5).unbind(0)  # each (B, N, H, M, hd)
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, N, H, M, hd)
-    return out.permute(0, 3, 1, 2, 4).reshape(B, M, N, num_heads * hd)
+    H = num_heads
+    hd = C3 // (3 * H)
+    q, k, v = qkv.view(B, M, N, 3, H, hd).permute(3, 0, 2, 4, 1, 5).unbind(0)  # each (B, N, H, M, hd), strided
+    # 4-D (B * N, H, M, hd), which copies: SDPA's fused CUDA kernels (flash, memory-efficient, cuDNN) take 4-D
+    # inputs only; a 5-D one would run the unfused math path.
+    q, k, v = (t.reshape(B * N, H, M, hd) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B * N, H, M, hd)
+    return out.view(B, N, H, M, hd).permute(0, 3, 1, 2, 4).reshape(B, M, N, H * hd)
 
 
 def spatial_attention(
