@@ -126,8 +126,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo)
     p = sub.add_parser("params", help="print the presets' parameter counts as a markdown table")
     p.set_defaults(func=lambda args: print(params_table()) or 0)
+    p = sub.add_parser("selftest", help="check the Triton kernels on this GPU against the torch contracts and, if "
+                                        "they pass, let FastSTGCMA pick them automatically here")  # fmt: skip
+    p.add_argument("--device", default="auto", help="cuda (default when available), or cpu with TRITON_INTERPRET=1")
+    p.add_argument("--dtypes", default="", help="comma-separated, e.g. bf16,fp16,fp32 (default: all the device runs)")
+    p.add_argument("--ops", default="", help="comma-separated kernel ops (default: all)")
+    p.add_argument("--no-record", action="store_true", help="check only; do not record the verdict")
+    p.set_defaults(func=selftest_command)
     add_data_commands(sub)  # synth, prepare, stats
     return parser
+
+
+_DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                "fp32": torch.float32, "float32": torch.float32}  # fmt: skip
+
+
+def selftest_command(args: argparse.Namespace) -> int:
+    """``stgcma-fast selftest``: exit status 0 when every check passed, 1 otherwise (see ops.selftest)."""
+    from stgcma_fast.ops.selftest import KERNEL_OPS, selftest
+
+    names = [d for d in args.dtypes.split(",") if d]
+    unknown = [d for d in names if d not in _DTYPE_NAMES]
+    if unknown:
+        raise SystemExit(f"stgcma-fast selftest: unknown dtypes {unknown}; expected among {sorted(_DTYPE_NAMES)}")
+    ops = [o for o in args.ops.split(",") if o] or list(KERNEL_OPS)
+    device = None if args.device == "auto" else args.device
+    try:
+        checks = selftest(device, [_DTYPE_NAMES[d] for d in names] or None, ops, save=not args.no_record)
+    except (RuntimeError, ValueError) as err:
+        raise SystemExit(f"stgcma-fast selftest: {err}") from err
+    failed = [c for c in checks if not c.passed]
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed")
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,3 +34,14 @@ def test_readme_parameter_table_is_generated_by_the_code():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("<!-- params-table:start -->\n")[1].split("\n<!-- params-table:end -->")[0]
     assert block == params_table()
+
+
+def test_selftest_command_checks_kernels_in_the_interpreter(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("STGCMA_FAST_CACHE", str(tmp_path))
+    assert main(["selftest", "--device", "cpu", "--dtypes", "fp32", "--ops", "t_adapter,temporal_attention"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   t_adapter" in out and "ok   temporal_attention" in out and "2 of 2 checks passed" in out
+    with pytest.raises(SystemExit, match="unknown dtypes"):
+        main(["selftest", "--device", "cpu", "--dtypes", "int8"])
+    with pytest.raises(SystemExit, match="expected ops among"):
+        main(["selftest", "--device", "cpu", "--ops", "flash"])

@@ -82,3 +82,14 @@ def test_unvalidated_gpu_backend_is_skipped_on_cuda_unless_forced(monkeypatch, t
     assert "not yet validated on a GPU" in backend.refusal(on_cuda)
     assert backend.refusal(on_cuda, forced=True) is None
     assert Dispatcher().select("t_adapter", on_cuda).name == "torch"
+
+
+def test_selftest_validated_gpu_backend_is_chosen_on_cuda(monkeypatch, tmp_path):
+    """A kernel module that ``stgcma-fast selftest`` recorded as validated on this GPU counts as GPU_VALIDATED."""
+    backend = _fake_backend(monkeypatch, tmp_path, "checked_kernel", "GPU_VALIDATED = False\n")
+    on_cuda = torch.empty(2, 4, device="meta")
+    monkeypatch.setattr(dispatch, "_device_type", lambda args: "cuda")
+    assert backend.refusal(on_cuda, validated=frozenset({"checked_kernel"})) is None
+    assert Dispatcher(validated=frozenset({"checked_kernel"})).select("t_adapter", on_cuda).name == "checked_kernel"
+    assert Dispatcher(validated=frozenset({"other_kernel"})).select("t_adapter", on_cuda).name == "torch"
+    assert Dispatcher().validated == frozenset()  # no CUDA here: nothing recorded for a current device

@@ -47,7 +47,8 @@ class Backend:
     - ``AUTO_DEVICES``: device types on which automatic selection may pick it (default: all). Triton kernels list
       only ``("cuda",)``: on CPU they run in the interpreter, which tests use by forcing the backend;
     - ``GPU_VALIDATED``: False until its parity tests have passed on a GPU; automatic selection then skips it on
-      CUDA (forcing it still works).
+      CUDA (forcing it still works) unless ``stgcma-fast selftest`` recorded it as validated on this machine's GPU
+      (:mod:`stgcma_fast.ops.selftest`; the dispatcher passes those modules as ``validated``).
     """
 
     name: str
@@ -57,9 +58,11 @@ class Backend:
     def fn(self) -> Callable[..., Any]:
         return getattr(_import(self.module), self.op)
 
-    def refusal(self, *args: Any, forced: bool = False, **kwargs: Any) -> str | None:
+    def refusal(self, *args: Any, forced: bool = False, validated: frozenset[str] = frozenset(),
+                **kwargs: Any) -> str | None:  # fmt: skip
         """None if this backend accepts these inputs, else the reason it does not. ``forced`` skips the
-        automatic-selection policies (AUTO_DEVICES, GPU_VALIDATED) but not ``supports``."""
+        automatic-selection policies (AUTO_DEVICES, GPU_VALIDATED) but not ``supports``; ``validated``: modules a
+        self-test on this GPU passed (they count as GPU_VALIDATED)."""
         mod = _import(self.module)
         if isinstance(mod, str):
             return mod
@@ -68,8 +71,9 @@ class Backend:
             auto = getattr(mod, "AUTO_DEVICES", None)
             if auto is not None and device not in auto:
                 return f"not chosen automatically on {device} (only on {', '.join(auto)}); force it to use it"
-            if device == "cuda" and not getattr(mod, "GPU_VALIDATED", True):
-                return "not yet validated on a GPU (its GPU parity tests are pending); force it to use it"
+            if device == "cuda" and not getattr(mod, "GPU_VALIDATED", True) and self.module not in validated:
+                return ("not yet validated on a GPU (its GPU parity tests are pending): run `stgcma-fast selftest` "
+                        "on this GPU, or force it to use it")
         supports = getattr(mod, "supports", None)
         return None if supports is None else supports(*args, **kwargs)
 
@@ -100,12 +104,19 @@ def available_backends(op: str) -> list[str]:
 class Dispatcher:
     """Per-instance op dispatch with optional overrides ``{op: backend name}``."""
 
-    def __init__(self, overrides: dict[str, str] | None = None) -> None:
+    def __init__(self, overrides: dict[str, str] | None = None, validated: frozenset[str] | None = None) -> None:
+        """``validated``: kernel modules to treat as validated on CUDA (default: what ``stgcma-fast selftest``
+        recorded for the current CUDA device; empty without CUDA)."""
         self.overrides: dict[str, str] = {}
         self.last: dict[str, str] = {}
         for backends in REGISTRY.values():
             for backend in backends:
                 _import(backend.module)
+        if validated is None:
+            from stgcma_fast.ops.selftest import validated_modules_for_current_device
+
+            validated = validated_modules_for_current_device()
+        self.validated: frozenset[str] = frozenset(validated)
         for op, name in (overrides or {}).items():
             self.set_backend(op, name)
 
@@ -125,7 +136,7 @@ class Dispatcher:
         for backend in REGISTRY[op]:
             if forced is not None and backend.name != forced:
                 continue
-            reason = backend.refusal(*args, forced=forced is not None, **kwargs)
+            reason = backend.refusal(*args, forced=forced is not None, validated=self.validated, **kwargs)
             if reason is None:
                 self.last[op] = backend.name
                 return backend
