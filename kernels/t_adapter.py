@@ -31,6 +31,11 @@ master weights), follows what autocast does to the contract :func:`stgcma_fast.o
 Anything else is refused by ``supports`` (the launchers raise ValueError naming expected vs received).
 """
 
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -42,18 +47,153 @@ _SQRT_HALF = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Autotune space, written as data and pruned by explicit rules. Under TRITON_INTERPRET=1 there is no GPU benchmarker:
-# the pruner then returns the single interpreter config (few, large tiles run faster in numpy; BLOCK_D < 128 so that
-# the tests still loop over D chunks). The rules come from ptxas spill reports of sm_90 builds: BLOCK_D = 128 tiles
-# and, for fp32 (IEEE dots run on CUDA cores), tiles above 4096 elements spill.
-_GPU_CONFIGS = [
-    triton.Config({"BLOCK_R": br, "BLOCK_D": bd}, num_warps=w, num_stages=s)
-    for br, bd, w, s in [(64, 64, 4, 3), (32, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4), (128, 32, 8, 4)]
-]
-_INTERPRETER_CONFIG = triton.Config({"BLOCK_R": 128, "BLOCK_D": 64}, num_warps=4, num_stages=1)
-_MIN_BLOCK_R = min(c.kwargs["BLOCK_R"] for c in [*_GPU_CONFIGS, _INTERPRETER_CONFIG])
+# Launch configurations (the kernels' autotune candidates)
+@dataclass(frozen=True)
+class _Launch:
+    """Rows per program (BLOCK_R), D chunk (BLOCK_D) and launch options of one kernel (block dims powers of two)."""
+
+    block_rows: int
+    block_d: int
+    num_warps: int
+    num_stages: int
 
 
+_STEPS = ("fwd", "bwd")
+_L = _Launch
+# Launch candidates per dot class ("fp32": IEEE fp32 dots, which run on CUDA cores; "16-bit": fp16 / bf16 x, whatever
+# the residual and weights), padded bottleneck BLOCK_r and kernel step. On the GPU the autotuner times them once per
+# key (D, BLOCK_r, HAS_SCALE and the dtypes of every tensor argument) and keeps the fastest; the first is the default
+# when autotuning is off (STGCMA_FAST_AUTOTUNE=0). They come from sm_90 ptxas resource reports (`python -m
+# tests.kernels.compile_check tests.kernels.test_t_adapter:_sm90_specs '["bf16-train"]'` prints registers and spill
+# bytes per variant): block shapes that spill no registers within 164 KB of shared memory (A100), the 16-bit ones in
+# the training mix (bf16 x, fp32 residual, fp32 master weights: the fp32 weight tiles are converted in registers, the
+# widest case), the fp32 ones in fp32. The former default (the first config of the former single list that its pruning
+# rules kept: BLOCK_R = 64, BLOCK_D = 64, 4 warps, 3 stages; BLOCK_R = 32 for fp32 at BLOCK_r = 128) is a list's first
+# where it spills nothing, else its last (the autotuner may still pick it); the first is then the closest spill-free
+# shape, mostly the same tile at 8 warps. Spill bytes per thread of each list, in order:
+#   16-bit, training mix  fwd                          bwd
+#     BLOCK_r = 32        0, 0, 0, 0                   0, 0, 0, 0, 96 (former default)
+#     BLOCK_r = 64        0, 0, 0, 0, 72               0, 0, 0, 0, 544
+#     BLOCK_r = 128       0, 0, 0, 0, 520              0, 0, 0, 48, 1048 (no 64 x 64 tile is spill-free here)
+#   fp32 (the IEEE dots run on CUDA cores; at BLOCK_r >= 64 no tile of more than 2048 rows x D-chunk elements is
+#   spill-free, in either kernel)
+#     BLOCK_r = 32        0, 0, 0, 0, 248              0, 0, 0, 0, 240
+#     BLOCK_r = 64        0, 0, 0, 0, 840              0, 0, 0, 0, 1064
+#     BLOCK_r = 128       0, 0, 0, 0, 704              0, 0, 0, 0, 488
+# Every candidate is parity-tested in the interpreter (tests/kernels/test_t_adapter.py::test_every_gpu_launch_candidate)
+# and compiled for sm_90 there (fp32, bf16, and the training mix).
+_GPU_LAUNCH: dict[str, dict[int, dict[str, tuple[_Launch, ...]]]] = {
+    "16-bit": {
+        32: {"fwd": (_L(64, 64, 4, 3), _L(128, 64, 8, 3), _L(64, 32, 4, 4), _L(128, 32, 8, 4)),
+             "bwd": (_L(64, 64, 8, 3), _L(64, 32, 4, 4), _L(128, 32, 8, 4), _L(32, 64, 4, 3), _L(64, 64, 4, 3))},
+        64: {"fwd": (_L(64, 64, 8, 3), _L(128, 32, 8, 4), _L(64, 32, 4, 4), _L(32, 64, 4, 3), _L(64, 64, 4, 3)),
+             "bwd": (_L(64, 64, 8, 3), _L(64, 32, 8, 3), _L(32, 64, 4, 3), _L(128, 32, 8, 2), _L(64, 64, 4, 3))},
+        128: {"fwd": (_L(64, 64, 8, 3), _L(128, 32, 8, 4), _L(64, 32, 4, 4), _L(32, 64, 8, 3), _L(64, 64, 4, 3)),
+              "bwd": (_L(32, 64, 8, 3), _L(64, 32, 8, 2), _L(16, 64, 8, 3), _L(64, 64, 8, 2), _L(64, 64, 4, 3))},
+    },
+    "fp32": {
+        32: {"fwd": (_L(64, 64, 8, 3), _L(64, 32, 4, 4), _L(128, 32, 8, 4), _L(32, 64, 8, 3), _L(64, 64, 4, 3)),
+             "bwd": (_L(64, 32, 8, 3), _L(64, 32, 4, 4), _L(128, 32, 8, 4), _L(32, 64, 8, 3), _L(64, 64, 4, 3))},
+        64: {"fwd": (_L(64, 32, 8, 3), _L(32, 64, 8, 3), _L(32, 32, 8, 3), _L(16, 64, 8, 2), _L(64, 64, 4, 3)),
+             "bwd": (_L(64, 32, 8, 3), _L(32, 64, 8, 3), _L(32, 32, 8, 3), _L(16, 64, 8, 2), _L(64, 64, 4, 3))},
+        128: {"fwd": (_L(64, 32, 8, 2), _L(32, 64, 8, 2), _L(32, 32, 8, 3), _L(16, 64, 8, 2), _L(32, 64, 4, 3)),
+              "bwd": (_L(64, 32, 8, 2), _L(32, 64, 8, 2), _L(32, 32, 8, 3), _L(16, 64, 8, 2), _L(32, 64, 4, 3))},
+    },
+}  # fmt: skip
+for _classes in _GPU_LAUNCH.values():
+    _classes[16] = _classes[32]  # r <= 16 runs in a 16-wide block: fewer registers than 32, the same candidates
+# Under TRITON_INTERPRET=1 (no GPU benchmarker) one launch: few, large tiles run faster in numpy; BLOCK_D < 128 so that
+# the tests still loop over D chunks.
+_INTERPRETER_LAUNCH = _Launch(128, 64, 4, 1)
+_FORCED: dict[str, _Launch] = {}  # step -> launch that overrides the candidates (tests: force_launch)
+# The fewest rows per program any candidate runs: the backward sizes its bias-gradient partial sums for it.
+_MIN_BLOCK_R = min(launch.block_rows for classes in _GPU_LAUNCH.values() for steps in classes.values()
+                   for launch in steps["bwd"] + (_INTERPRETER_LAUNCH,))  # fmt: skip
+
+
+def _config(launch: _Launch) -> triton.Config:
+    return triton.Config({"BLOCK_R": launch.block_rows, "BLOCK_D": launch.block_d}, num_warps=launch.num_warps,
+                         num_stages=launch.num_stages)  # fmt: skip
+
+
+def _dot_class(dot_precision: str) -> str:
+    return "fp32" if dot_precision == "ieee" else "16-bit"
+
+
+def _block_r(r: int) -> int:
+    """The bottleneck's power-of-two block: r = 24 -> 32, 96 -> 128; at least 16 (tl.dot needs K >= 16)."""
+    return max(16, triton.next_power_of_2(r))
+
+
+def autotune_enabled() -> bool:
+    """Whether the GPU launchers time their candidates (``STGCMA_FAST_AUTOTUNE``, default on; "0" turns it off), as
+    in :func:`stgcma_fast.kernels.av_adapter.autotune_enabled`."""
+    return os.environ.get("STGCMA_FAST_AUTOTUNE", "1") != "0"
+
+
+def launch_candidates(step: str, r: int, dot_precision: str, D: int) -> tuple[_Launch, ...]:
+    """What the kernel of ``step`` ("fwd", "bwd") may run for bottleneck ``r``, the kernels' ``DOT_PRECISION``
+    ("ieee" for fp32 x) and width ``D``: the forced launch, the interpreter's one launch, or the GPU candidates whose D
+    chunk is not wider than D needs (the first only when autotuning is off)."""
+    if step not in _STEPS:
+        raise ValueError(f"expected step in {_STEPS}, got {step!r}")
+    if step in _FORCED:
+        return (_FORCED[step],)
+    if _interpreted():
+        return (_INTERPRETER_LAUNCH,)
+    launches = _GPU_LAUNCH[_dot_class(dot_precision)][_block_r(r)][step]
+    fit = tuple(c for c in launches if c.block_d <= max(32, triton.next_power_of_2(D)))
+    fit = fit or (min(launches, key=lambda c: c.block_d),)
+    return fit if autotune_enabled() else fit[:1]
+
+
+@contextlib.contextmanager
+def force_launch(**launches: _Launch) -> Iterator[None]:
+    """Run the given steps (``fwd=``, ``bwd=``) with these launches inside the block, bypassing the autotuner (tests
+    use it to check every GPU candidate); the autotuners' cached picks are forgotten on entry and on exit."""
+    unknown = set(launches) - set(_STEPS)
+    if unknown:
+        raise ValueError(f"expected steps among {_STEPS}, got {sorted(unknown)}")
+    before = dict(_FORCED)
+    _FORCED.update(launches)
+    _forget_tuning()  # the autotuners cache their pick per key: forget it, or a forced launch would not run
+    try:
+        yield
+    finally:
+        _FORCED.clear()
+        _FORCED.update(before)
+        _forget_tuning()
+
+
+def _forget_tuning() -> None:
+    for kernel in _KERNELS.values():
+        kernel.cache.clear()
+
+
+def _min_block_rows() -> int:
+    forced = _FORCED.get("bwd")
+    return _MIN_BLOCK_R if forced is None else min(_MIN_BLOCK_R, forced.block_rows)
+
+
+def _pruner(step: str):
+    def prune(configs, named_args, **kwargs):
+        launches = launch_candidates(step, kwargs["BLOCK_r"], kwargs["DOT_PRECISION"], named_args["D"])
+        return [_config(launch) for launch in launches]
+
+    return prune
+
+
+def _autotune(step: str) -> dict:
+    launches = dict.fromkeys(launch for classes in _GPU_LAUNCH.values() for steps in classes.values()
+                             for launch in steps[step])  # fmt: skip
+    return dict(configs=[_config(launch) for launch in launches], key=["D", "BLOCK_r", "HAS_SCALE"],
+                prune_configs_by={"early_config_prune": _pruner(step)})  # fmt: skip
+
+
+# The backward writes one row of bias-gradient partial sums per row block, and the launcher sums ALL rows: on the GPU
+# the autotuner runs every candidate on the same buffers, and a candidate with a smaller BLOCK_R leaves more rows than
+# the one it keeps, which would then be summed too. So the tuner zeroes them before each timed run and after tuning.
+_BWD_RESET = ["DBD_PART", "DBU_PART"]
 
 # Dispatch policy (stgcma_fast.ops.dispatch): on CPU this kernel runs only in the interpreter, which tests use by
 # forcing the backend; on CUDA it is picked automatically once its GPU parity tests have passed there.
@@ -61,27 +201,9 @@ AUTO_DEVICES = ("cuda",)
 GPU_VALIDATED = False  # set True after `pytest -m gpu tests/kernels/test_t_adapter.py` passes on a GPU
 
 
-def _prune_configs(configs, named_args, **kwargs):
-    if _interpreted():
-        return [_INTERPRETER_CONFIG]
-    d_pow2, block_r = triton.next_power_of_2(named_args["D"]), kwargs["BLOCK_r"]
-    fma = kwargs["DOT_PRECISION"] == "ieee"
-    kept = [c for c in configs if c.kwargs["BLOCK_D"] <= max(32, d_pow2)
-            and (not fma or c.kwargs["BLOCK_R"] * max(c.kwargs["BLOCK_D"], block_r) <= 4096)]
-    return kept or [triton.Config({"BLOCK_R": 32, "BLOCK_D": 32}, num_warps=4, num_stages=3)]
-
-
-_AUTOTUNE = dict(configs=_GPU_CONFIGS, key=["D", "BLOCK_r", "HAS_SCALE"],
-                 prune_configs_by={"early_config_prune": _prune_configs})
-# The backward writes one row of bias-gradient partial sums per row block, and the launcher sums ALL rows: on the GPU
-# the autotuner runs every candidate on the same buffers, and a candidate with a smaller BLOCK_R leaves more rows than
-# the one it keeps, which would then be summed too. So the tuner zeroes them before each timed run and after tuning.
-_BWD_RESET = ["DBD_PART", "DBU_PART"]
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Kernels
-@triton.autotune(**_AUTOTUNE)
+@triton.autotune(**_autotune("fwd"))
 @triton.jit
 def _t_adapter_fwd_kernel(
     X,  # (R, D) adapter input, rows stride_x apart, unit column stride
@@ -145,7 +267,7 @@ def _t_adapter_fwd_kernel(
         tl.store(OUT + rows[:, None] * D + cols[None, :], (res + y).to(OUT.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(**_AUTOTUNE, reset_to_zero=_BWD_RESET)
+@triton.autotune(**_autotune("bwd"), reset_to_zero=_BWD_RESET)
 @triton.jit
 def _t_adapter_bwd_kernel(
     DY,  # (R, D) upstream gradient in the dtype of out (X's or fp32), rows stride_dy apart, unit column stride
@@ -221,6 +343,9 @@ def _t_adapter_bwd_kernel(
                  mask=row_ok[:, None] & col_ok[None, :])
 
 
+_KERNELS = {"fwd": _t_adapter_fwd_kernel, "bwd": _t_adapter_bwd_kernel}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Launchers
 def _interpreted() -> bool:
@@ -266,7 +391,7 @@ def t_adapter_forward(
         row_scale.contiguous() if has_scale else x, out, pre,
         R, D, r, x.stride(0), residual.stride(0),
         HAS_SCALE=has_scale, ACC=acc_tl, DOT_PRECISION=ieee_dot_precision(x.dtype),
-        BLOCK_r=max(16, triton.next_power_of_2(r)),
+        BLOCK_r=_block_r(r),
     )
     return out, pre
 
@@ -311,7 +436,7 @@ def t_adapter_backward(
     dx = torch.empty((R, D), dtype=dtype, device=pre.device)
     dh = torch.empty((R, r), dtype=torch.promote_types(dtype, w_down.dtype), device=pre.device)
     gs = torch.empty((R, r), dtype=torch.promote_types(dtype, w_up.dtype), device=pre.device)
-    n_part = triton.cdiv(R, _MIN_BLOCK_R)  # enough rows of partial sums for the smallest BLOCK_R the tuner may pick
+    n_part = triton.cdiv(R, _min_block_rows())  # enough partial-sum rows for the smallest BLOCK_R that may run
     dbd_part = torch.zeros((n_part, r), dtype=acc_torch, device=pre.device)
     dbu_part = torch.zeros((n_part, D), dtype=acc_torch, device=pre.device)
     if R > 0:
@@ -322,7 +447,7 @@ def t_adapter_backward(
             row_scale.contiguous() if has_scale else pre, dx, dh, gs, dbd_part, dbu_part,
             R, D, r, grad_out.stride(0),
             HAS_SCALE=has_scale, ACC=acc_tl, DOT_PRECISION=ieee_dot_precision(dtype),
-            BLOCK_r=max(16, triton.next_power_of_2(r)),
+            BLOCK_r=_block_r(r),
         )
     return dx, dbd_part.sum(0), dbu_part.sum(0), dh, gs
 

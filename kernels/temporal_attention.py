@@ -23,7 +23,11 @@ writes dq, dk, dv straight into a (B, M, N, 3 * H * hd) gradient laid out like q
 hd: any value in [1, 128]; it runs in a power-of-two block of at least 16 with masks (80 -> 128).
 """
 
+import contextlib
 import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -36,16 +40,65 @@ _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Autotune space as data, pruned by explicit rules (from ptxas spill reports of sm_90 builds): 16-bit tiles up to
-# ROWS * BLOCK_HD = 8192; fp32 (IEEE dots run on CUDA cores) only up to ROWS * max(ROWS, BLOCK_HD) = 512 * num_warps.
+# Launch configurations (the kernels' autotune candidates)
+@dataclass(frozen=True)
+class _Launch:
+    """(token, frame) rows per program (ROWS, a power of two >= 16 and >= BLOCK_M) and launch options of one kernel."""
+
+    rows: int
+    num_warps: int
+    num_stages: int = 1  # the kernels have no loop to pipeline
+
+
+_STEPS = ("fwd", "bwd")
+_L = _Launch
+# Launch candidates per dot class ("fp32": IEEE fp32 dots, which run on CUDA cores; "16-bit": fp16 / bf16), padded
+# head dim BLOCK_HD and kernel step. On the GPU the autotuner times them once per key (M, N, BLOCK_M, BLOCK_HD and
+# qkv's dtype) and keeps the fastest; the first is the default when autotuning is off (STGCMA_FAST_AUTOTUNE=0). A block
+# holds whole tokens, so launches with ROWS < BLOCK_M are pruned (every list has one of 32 rows or more, for M =
+# 17..32). The lists come from sm_90 ptxas resource reports of BLOCK_M = 16 (M = 10 frames; `python -m
+# tests.kernels.compile_check tests.kernels.test_temporal_attention:_sm90_specs '["bf16"]'` prints registers and
+# spill bytes per variant): launches that spill no registers. A program holds (ROWS, ROWS) fp32 scores and
+# probabilities (the backward also dP and dS) next to (ROWS, BLOCK_HD) tiles of q, k, v (and o, dO, dq, dk, dv), so
+# its registers grow with ROWS^2 and ROWS x BLOCK_HD; 8 warps halve each thread's share. The former default (the
+# first config of the former single list that its pruning rules kept: 64 rows / 4 warps for 16-bit, 32 / 4 for fp32,
+# 16 / 4 for fp32 at BLOCK_HD = 128) is a list's first where it spills nothing, else its last (the autotuner may still
+# pick it). Spill bytes per thread of each list, in order (BLOCK_HD = 16 and 32: none anywhere):
+#                        fwd                 bwd
+#   16-bit, BLOCK_HD 64  0, 0, 0, 0          0, 0, 0, 192 (former default)
+#   16-bit, BLOCK_HD 128 0, 0, 0, 0, 104     0, 0, 0, 240, 864 (ROWS >= 64 spills in the backward)
+#   fp32, BLOCK_HD 64    0, 0, 0, 16         0, 0, 0, 896 (ROWS >= 64 spills 7.5 KB in the backward)
+#   fp32, BLOCK_HD 128   0, 0, 16            0, 0, 704
+# fp32 at BLOCK_HD = 128 (hd 65..128) spills unless a program holds a single token (ROWS = 16): 32 rows spill 16 / 408
+# bytes in the forward and 704 / 1016 in the backward at 8 / 4 warps (48 / 432 and 720 / 968 at BLOCK_M = 32), so
+# for fp32 with hd > 64 and M > 16 frames (which need 32 rows) spilling is unavoidable with this tile structure.
+# Every candidate is parity-tested in the interpreter (tests/kernels/test_temporal_attention.py::
+# test_every_gpu_launch_candidate) and compiled for sm_90 there.
+_GPU_LAUNCH: dict[str, dict[int, dict[str, tuple[_Launch, ...]]]] = {
+    "16-bit": {
+        16: {"fwd": (_L(64, 4), _L(128, 8), _L(32, 4), _L(64, 8)),
+             "bwd": (_L(64, 4), _L(128, 8), _L(32, 4), _L(64, 8))},
+        32: {"fwd": (_L(64, 4), _L(128, 8), _L(32, 4), _L(64, 8)),
+             "bwd": (_L(64, 4), _L(128, 8), _L(32, 4), _L(64, 8))},
+        64: {"fwd": (_L(64, 4), _L(128, 8), _L(32, 4), _L(64, 8)),
+             "bwd": (_L(64, 8), _L(32, 4), _L(16, 4), _L(64, 4))},
+        128: {"fwd": (_L(64, 8), _L(128, 8), _L(32, 4), _L(16, 4), _L(64, 4)),
+              "bwd": (_L(32, 4), _L(32, 8), _L(16, 4), _L(64, 8), _L(64, 4))},
+    },
+    "fp32": {
+        16: {"fwd": (_L(32, 4), _L(64, 8), _L(64, 4), _L(16, 4)),
+             "bwd": (_L(32, 4), _L(64, 8), _L(64, 4), _L(16, 4))},
+        32: {"fwd": (_L(32, 4), _L(64, 8), _L(64, 4), _L(16, 4)),
+             "bwd": (_L(32, 4), _L(64, 8), _L(32, 8), _L(16, 4))},
+        64: {"fwd": (_L(32, 4), _L(32, 8), _L(16, 4), _L(64, 8)),
+             "bwd": (_L(32, 8), _L(16, 4), _L(16, 2), _L(32, 4))},
+        128: {"fwd": (_L(16, 4), _L(16, 8), _L(32, 8)),
+              "bwd": (_L(16, 4), _L(16, 8), _L(32, 8))},
+    },
+}  # fmt: skip
 # Under TRITON_INTERPRET=1 (no GPU benchmarker) one block of up to 512 rows, no bigger than the problem needs.
-_GPU_CONFIGS = [
-    triton.Config({"ROWS": rows}, num_warps=w, num_stages=1)
-    for rows, w in [(64, 4), (128, 8), (32, 4), (64, 8)]
-]
 _INTERPRETER_ROWS = 512
-
-
+_FORCED: dict[str, _Launch] = {}  # step -> launch that overrides the candidates (tests: force_launch)
 
 # Dispatch policy (stgcma_fast.ops.dispatch): on CPU this kernel runs only in the interpreter, which tests use by
 # forcing the backend; on CUDA it is picked automatically once its GPU parity tests have passed there.
@@ -53,20 +106,77 @@ AUTO_DEVICES = ("cuda",)
 GPU_VALIDATED = False  # set True after `pytest -m gpu tests/kernels/test_temporal_attention.py` passes on a GPU
 
 
-def _prune_configs(configs, named_args, **kwargs):
-    block_m, block_hd = kwargs["BLOCK_M"], kwargs["BLOCK_HD"]
+def _config(launch: _Launch) -> triton.Config:
+    return triton.Config({"ROWS": launch.rows}, num_warps=launch.num_warps, num_stages=launch.num_stages)
+
+
+def _dot_class(dot_precision: str) -> str:
+    return "fp32" if dot_precision == "ieee" else "16-bit"
+
+
+def autotune_enabled() -> bool:
+    """Whether the GPU launchers time their candidates (``STGCMA_FAST_AUTOTUNE``, default on; "0" turns it off), as
+    in :func:`stgcma_fast.kernels.av_adapter.autotune_enabled`."""
+    return os.environ.get("STGCMA_FAST_AUTOTUNE", "1") != "0"
+
+
+def launch_candidates(step: str, M: int, N: int, hd: int, dot_precision: str) -> tuple[_Launch, ...]:
+    """What the kernel of ``step`` ("fwd", "bwd") may run for M frames, N tokens, head dim ``hd`` and the kernels'
+    ``DOT_PRECISION`` ("ieee" for fp32 qkv): the forced launch, the interpreter's one launch, or the GPU candidates
+    whose blocks hold all BLOCK_M frames of a token (the first only when autotuning is off)."""
+    if step not in _STEPS:
+        raise ValueError(f"expected step in {_STEPS}, got {step!r}")
+    blocks = _blocks(M, hd)
+    block_m = blocks["BLOCK_M"]
+    if step in _FORCED:
+        forced = _FORCED[step]
+        if forced.rows < block_m:  # a block must hold every frame of its tokens
+            raise ValueError(f"forced {step} launch of {forced.rows} rows: fewer than the {block_m}-frame block")
+        return (forced,)
     if _interpreted():
-        rows = min(_INTERPRETER_ROWS, max(16, block_m * triton.next_power_of_2(named_args["N"])))
-        return [triton.Config({"ROWS": rows}, num_warps=4, num_stages=1)]
-    fma = kwargs["DOT_PRECISION"] == "ieee"
-    kept = [c for c in configs if c.kwargs["ROWS"] >= block_m and (
-        c.kwargs["ROWS"] * max(c.kwargs["ROWS"], block_hd) <= 512 * c.num_warps if fma
-        else c.kwargs["ROWS"] * block_hd <= 8192)]
-    return kept or [triton.Config({"ROWS": max(16, block_m)}, num_warps=4, num_stages=1)]
+        return (_Launch(min(_INTERPRETER_ROWS, max(16, block_m * triton.next_power_of_2(N))), 4),)
+    launches = _GPU_LAUNCH[_dot_class(dot_precision)][blocks["BLOCK_HD"]][step]
+    fit = tuple(c for c in launches if c.rows >= block_m) or (_Launch(max(16, block_m), 8),)
+    return fit if autotune_enabled() else fit[:1]
 
 
-_AUTOTUNE = dict(configs=_GPU_CONFIGS, key=["M", "N", "BLOCK_M", "BLOCK_HD"],
-                 prune_configs_by={"early_config_prune": _prune_configs})
+@contextlib.contextmanager
+def force_launch(**launches: _Launch) -> Iterator[None]:
+    """Run the given steps (``fwd=``, ``bwd=``) with these launches inside the block, bypassing the autotuner (tests
+    use it to check every GPU candidate); the autotuners' cached picks are forgotten on entry and on exit."""
+    unknown = set(launches) - set(_STEPS)
+    if unknown:
+        raise ValueError(f"expected steps among {_STEPS}, got {sorted(unknown)}")
+    before = dict(_FORCED)
+    _FORCED.update(launches)
+    _forget_tuning()  # the autotuners cache their pick per key: forget it, or a forced launch would not run
+    try:
+        yield
+    finally:
+        _FORCED.clear()
+        _FORCED.update(before)
+        _forget_tuning()
+
+
+def _forget_tuning() -> None:
+    for kernel in _KERNELS.values():
+        kernel.cache.clear()
+
+
+def _pruner(step: str):
+    def prune(configs, named_args, **kwargs):
+        launches = launch_candidates(step, named_args["M"], named_args["N"], named_args["hd"],
+                                     kwargs["DOT_PRECISION"])  # fmt: skip
+        return [_config(launch) for launch in launches]
+
+    return prune
+
+
+def _autotune(step: str) -> dict:
+    launches = dict.fromkeys(launch for classes in _GPU_LAUNCH.values() for steps in classes.values()
+                             for launch in steps[step])  # fmt: skip
+    return dict(configs=[_config(launch) for launch in launches], key=["M", "N", "BLOCK_M", "BLOCK_HD"],
+                prune_configs_by={"early_config_prune": _pruner(step)})  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -81,7 +191,7 @@ def _tile(n_block, M, N, BLOCK_M: tl.constexpr, ROWS: tl.constexpr):
     return tok, frame, n, (n < N) & (frame < M)
 
 
-@triton.autotune(**_AUTOTUNE)
+@triton.autotune(**_autotune("fwd"))
 @triton.jit
 def _temporal_attention_fwd_kernel(
     QKV,  # (B, M, N, 3 * H * hd), strides (stride_b, stride_m, stride_n, 1); q | k | v of head h at h*hd, (H+h)*hd, ..
@@ -126,7 +236,7 @@ def _temporal_attention_fwd_kernel(
     tl.store(LSE + ((b * H + h) * N + n) * M + frame, (s_max + tl.log2(denom)) * _LN2, mask=row_ok)
 
 
-@triton.autotune(**_AUTOTUNE)
+@triton.autotune(**_autotune("bwd"))
 @triton.jit
 def _temporal_attention_bwd_kernel(
     QKV,  # (B, M, N, 3 * H * hd), strides (stride_b, stride_m, stride_n, 1)
@@ -183,6 +293,9 @@ def _temporal_attention_bwd_kernel(
     tl.store(dq_ptr, dq.to(DQKV.dtype.element_ty), mask=mask)
     tl.store(dq_ptr + H * hd, dk.to(DQKV.dtype.element_ty), mask=mask)
     tl.store(dq_ptr + 2 * H * hd, dv.to(DQKV.dtype.element_ty), mask=mask)
+
+
+_KERNELS = {"fwd": _temporal_attention_fwd_kernel, "bwd": _temporal_attention_bwd_kernel}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

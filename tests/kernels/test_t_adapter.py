@@ -292,6 +292,72 @@ def test_torch_compile_fullgraph_mixed_precision(device):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+def _candidate_sets(classes=("fp32", "16-bit")):
+    """Per dot class and padded bottleneck (16 shares 32's list), the i-th GPU launch candidate of each step (a step's
+    last for shorter lists), with the bottleneck r that runs in that block."""
+    for dot_class in classes:
+        for block_r, r in ((16, 12), (32, 24), (64, 48), (128, 96)):
+            steps = kernel._GPU_LAUNCH[dot_class][block_r]
+            for i in range(max(map(len, steps.values()))):
+                launches = {step: ls[min(i, len(ls) - 1)] for step, ls in steps.items()}
+                yield pytest.param(dot_class, r, launches, id=f"{dot_class}-r{r}-cand{i}")
+
+
+@pytest.mark.parametrize("dot_class, r, launches", list(_candidate_sets()))
+def test_every_gpu_launch_candidate(dot_class, r, launches, device):
+    """Every launch the GPU autotuner may pick computes the same, in fp32 (block shapes change indexing and masking,
+    not arithmetic; the 16-bit candidates run in fp32 here too). 197 rows = 2..13 row blocks, the last partial; D = 144
+    = whole 32 / 64 / 128-wide chunks and a masked one; r masked in its block."""
+    with kernel.force_launch(**launches):
+        assert all(kernel.launch_candidates(step, r, "ieee", 144) == (c,) for step, c in launches.items())
+        compare(197, 144, r, "mask", torch.float32, device)
+        for step, c in launches.items():  # what the autotuners actually ran
+            ran = list(kernel._KERNELS[step].cache.values())
+            assert ran and all(cfg.all_kwargs() == kernel._config(c).all_kwargs() for cfg in ran), (step, ran)
+
+
+def test_launch_candidates(monkeypatch):
+    """The interpreter runs one launch, the GPU the candidates of the dot class and padded r whose D chunk fits D (the
+    first only with autotuning off); force_launch overrides both, clears the tuning caches and restores them."""
+    if kernel._interpreted():
+        assert kernel.launch_candidates("bwd", 96, "ieee", 768) == (kernel._INTERPRETER_LAUNCH,)
+    monkeypatch.setattr(kernel, "_interpreted", lambda: False)  # as if compiled for a GPU
+    monkeypatch.delenv("STGCMA_FAST_AUTOTUNE", raising=False)
+    table = kernel._GPU_LAUNCH
+    assert kernel.launch_candidates("bwd", 96, "tf32", 768) == table["16-bit"][128]["bwd"]
+    assert kernel.launch_candidates("fwd", 24, "ieee", 1024) == table["fp32"][32]["fwd"]
+    assert kernel.launch_candidates("fwd", 9, "tf32", 768) == table["16-bit"][32]["fwd"]
+    narrow = kernel.launch_candidates("fwd", 48, "tf32", 16)  # D = 16: no chunk wider than 32
+    assert narrow and all(c.block_d <= 32 for c in narrow), narrow
+    for dot_class, tables in table.items():  # every list: distinct launches, powers of two, tl.dot sizes
+        for block_r, steps in tables.items():
+            for step, launches in steps.items():
+                assert len(set(launches)) == len(launches) >= 2, (dot_class, block_r, step)
+                for c in launches:
+                    dims = (c.block_rows, c.block_d, c.num_warps)
+                    assert all(v & (v - 1) == 0 for v in dims) and c.block_rows >= 16 and c.block_d >= 16, c
+                    assert c.block_rows >= kernel._MIN_BLOCK_R, c
+    monkeypatch.setenv("STGCMA_FAST_AUTOTUNE", "0")
+    assert kernel.launch_candidates("bwd", 96, "tf32", 768) == table["16-bit"][128]["bwd"][:1]
+    forced = kernel._Launch(16, 32, 4, 1)
+    kernel._KERNELS["fwd"].cache[("stale",)] = kernel._config(forced)
+    with kernel.force_launch(bwd=forced):
+        assert not kernel._KERNELS["fwd"].cache, "force_launch must clear the autotuners' caches"
+        assert kernel.launch_candidates("bwd", 48, "tf32", 768) == (forced,)
+        assert kernel.launch_candidates("fwd", 48, "tf32", 768) == table["16-bit"][64]["fwd"][:1]
+        assert kernel._min_block_rows() <= 16  # the bias partial sums fit the forced row block
+    assert kernel.launch_candidates("bwd", 48, "tf32", 768) == table["16-bit"][64]["bwd"][:1]
+    with pytest.raises(ValueError, match="expected steps among"):
+        with kernel.force_launch(forward=forced):
+            pass
+    with pytest.raises(ValueError, match="expected step in"):
+        kernel.launch_candidates("forward", 48, "tf32", 768)
+    prune = kernel._KERNELS["bwd"].early_config_prune  # what the autotuner asks: the candidates as triton.Configs
+    got = prune([], {"D": 768}, BLOCK_r=128, DOT_PRECISION="tf32")
+    assert [c.all_kwargs() for c in got] == [kernel._config(c).all_kwargs() for c in table["16-bit"][128]["bwd"][:1]]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 def _args(R=4, D=32, r=8, dtype=torch.float32, device="cpu", **override):
     args = {"x": torch.zeros(R, D), "residual": torch.zeros(R, D), "w_down": torch.zeros(r, D),
             "b_down": torch.zeros(r), "w_up": torch.zeros(D, r), "b_up": torch.zeros(D), "row_scale": None}  # fmt: skip
@@ -372,31 +438,45 @@ def test_backward_launcher_raises_on_mismatch():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-def _sm90_specs() -> list[KernelSpec]:
-    """What the launchers compile on an sm_90 GPU, with the first config the autotuner keeps for D = 768.
+_TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Per test case (one process each): the (x, residual / out, weights) dtypes. Each compute dtype alone and the autocast
+# training mix: bf16 x from the frozen projection, the fp32 residual stream and fp32 master weights.
+SM90_CASES = {"fp32": (F32, F32, F32), "bf16": (BF16, BF16, BF16), "bf16-train": (BF16, F32, F32)}
+SM90_BOTTLENECKS = (128, 64, 32)  # padded r of the model shapes: B/16 r = 96 and 24, L/14 r = 64 and 32
 
-    (x, residual / out, weights / dh / gs) dtypes: same-dtype fp32 and bf16, and the autocast mix (bf16 x, fp32 rest).
-    """
+
+def _sm90_specs(case: str) -> list[KernelSpec]:
+    """Both kernels as the launchers specialise them (HAS_SCALE: drop path on) for every autotune candidate
+    (``t_adapter._GPU_LAUNCH``) of the padded bottlenecks ``SM90_BOTTLENECKS`` (the widest first, so that the workers
+    finish together), in the dtypes of ``SM90_CASES[case]``."""
+    x_t, res_t, w_t = SM90_CASES[case]
+    dt, rt, wt = (_TRITON_TYPES[t] for t in (x_t, res_t, w_t))
+    gt = _TRITON_TYPES[torch.promote_types(x_t, w_t)]  # dh and gs: the wider of (x, weights)
+    prec = "ieee" if x_t == F32 else "tf32"  # ieee_dot_precision(x's dtype)
+    fwd = {"X": f"*{dt}", "RES": f"*{rt}", "WD": f"*{wt}", "BD": f"*{wt}", "WU": f"*{wt}", "BU": f"*{wt}",
+           "S": "*fp32", "OUT": f"*{rt}", "PRE": "*fp32", "R": "i32", "D": "i32", "r": "i32", "stride_x": "i32",
+           "stride_res": "i32"}  # fmt: skip
+    bwd = {"DY": f"*{rt}", "PRE": "*fp32", "WD": f"*{wt}", "WU": f"*{wt}", "S": "*fp32", "DX": f"*{dt}",
+           "DH": f"*{gt}", "GS": f"*{gt}", "DBD_PART": "*fp32", "DBU_PART": "*fp32", "R": "i32", "D": "i32",
+           "r": "i32", "stride_dy": "i32"}  # fmt: skip
     specs = []
-    for (dt, rt, wt), prec, block_r in [(("fp32",) * 3, "ieee", 128), (("bf16",) * 3, "tf32", 32),
-                                        (("bf16", "fp32", "fp32"), "tf32", 128)]:  # fmt: skip
-        fwd = {"X": f"*{dt}", "RES": f"*{rt}", "WD": f"*{wt}", "BD": f"*{wt}", "WU": f"*{wt}", "BU": f"*{wt}",
-               "S": "*fp32", "OUT": f"*{rt}", "PRE": "*fp32", "R": "i32", "D": "i32", "r": "i32", "stride_x": "i32",
-               "stride_res": "i32"}  # fmt: skip
-        bwd = {"DY": f"*{rt}", "PRE": "*fp32", "WD": f"*{wt}", "WU": f"*{wt}", "S": "*fp32", "DX": f"*{dt}",
-               "DH": f"*{wt}", "GS": f"*{wt}", "DBD_PART": "*fp32", "DBU_PART": "*fp32", "R": "i32", "D": "i32",
-               "r": "i32", "stride_dy": "i32"}  # fmt: skip
-        for jit, sig in [(kernel._t_adapter_fwd_kernel, fwd), (kernel._t_adapter_bwd_kernel, bwd)]:
-            cfg = kernel._prune_configs(kernel._GPU_CONFIGS, {"D": 768}, BLOCK_r=block_r, DOT_PRECISION=prec)[0]
-            consts = {"HAS_SCALE": True, "ACC": tl.float32, "DOT_PRECISION": prec, "BLOCK_r": block_r, **cfg.kwargs}
-            specs.append(KernelSpec(jit, sig, consts, cfg.num_warps, cfg.num_stages, label=f"{dt} x, {rt} res, {wt} w"))
+    for block_r in SM90_BOTTLENECKS:
+        for step, jit, sig in [("fwd", kernel._t_adapter_fwd_kernel, fwd), ("bwd", kernel._t_adapter_bwd_kernel, bwd)]:
+            for c in kernel._GPU_LAUNCH[kernel._dot_class(prec)][block_r][step]:
+                consts = {"HAS_SCALE": True, "ACC": tl.float32, "DOT_PRECISION": prec, "BLOCK_r": block_r,
+                          **kernel._config(c).kwargs}  # fmt: skip
+                label = f"{dt} x, {rt} res, {wt} w, BLOCK_r={block_r}, BLOCK_R={c.block_rows}, BLOCK_D={c.block_d}"
+                specs.append(KernelSpec(jit, sig, consts, c.num_warps, c.num_stages, label=label))
     return specs
 
 
 @pytest.mark.slow
-def test_kernels_compile_for_sm90_without_a_gpu():
-    """Both T-Adapter kernels compile to sm_90 cubins, which the interpreter cannot check (see compile_check)."""
-    compile_in_subprocess(_sm90_specs)
+@pytest.mark.parametrize("case", list(SM90_CASES))
+def test_kernels_compile_for_sm90_without_a_gpu(case):
+    """Both T-Adapter kernels compile to sm_90 cubins for every autotune candidate, which the interpreter cannot check
+    (see compile_check); `python -m tests.kernels.compile_check tests.kernels.test_t_adapter:_sm90_specs '["CASE"]'`
+    prints their shared memory, registers and spill bytes."""
+    compile_in_subprocess(_sm90_specs, case)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -413,6 +493,20 @@ def test_gpu_parity(R, D, r, dtype):
 @pytest.mark.parametrize("R, D, r", [(2 * 197 * 10, 768, 96), (49, 1536, 24)])
 def test_gpu_mixed_precision_parity(R, D, r, mix, dtype):
     compare_mixed(R, D, r, "mask", dtype, mix, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dot_class, r, launches", [p for p in _candidate_sets() if "-r12-" not in p.id])
+def test_gpu_every_launch_candidate(dot_class, r, launches):
+    """Every autotune candidate compiled for the real GPU at B/16 and L/14 widths (the parity tests above only see the
+    candidate the autotuner picked): the 16-bit ones in the bf16 training mix (bf16 x, fp32 residual and master
+    weights), the fp32 ones in fp32."""
+    R, D = 2 * 197 * 10 + 1, (768 if r in (24, 96) else 1024)
+    with kernel.force_launch(**launches):
+        if dot_class == "fp32":
+            compare(R, D, r, "mask", torch.float32, "cuda")
+        else:
+            compare_mixed(R, D, r, "mask", torch.bfloat16, "res32-w32", "cuda")
 
 
 @pytest.mark.gpu

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 import triton.language as tl
 
 from stgcma_fast.kernels import temporal_attention as kernel
@@ -148,6 +149,74 @@ def test_torch_compile_fullgraph_no_graph_breaks(device):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+def _candidate_sets(classes=("fp32", "16-bit")):
+    """Per dot class and padded head dim, the i-th GPU launch candidate of each step (a step's last for shorter lists),
+    with a head dim that runs masked in that block."""
+    for dot_class in classes:
+        for block_hd, hd in ((16, 12), (32, 24), (64, 48), (128, 80)):
+            steps = kernel._GPU_LAUNCH[dot_class][block_hd]
+            for i in range(max(map(len, steps.values()))):
+                launches = {step: ls[min(i, len(ls) - 1)] for step, ls in steps.items()}
+                yield pytest.param(dot_class, hd, launches, id=f"{dot_class}-hd{hd}-cand{i}")
+
+
+@pytest.mark.parametrize("dot_class, hd, launches", list(_candidate_sets()))
+def test_every_gpu_launch_candidate(dot_class, hd, launches, device):
+    """Every launch the GPU autotuner may pick computes the same, in fp32 (ROWS changes how many tokens share a
+    block, its masks and the grid, not arithmetic; the 16-bit candidates run in fp32 here too). M = 10 frames in a
+    16-frame block, N = 13 tokens (a partial last block for ROWS > 16), a masked head dim."""
+    B, M, N, H = 1, 10, 13, 2
+    with kernel.force_launch(**launches):
+        assert all(kernel.launch_candidates(step, M, N, hd, "ieee") == (c,) for step, c in launches.items())
+        compare(make_qkv(B, M, N, H, hd, torch.float32, device), H, hd**-0.5, torch.float32)
+        for step, c in launches.items():  # what the autotuners actually ran
+            ran = list(kernel._KERNELS[step].cache.values())
+            assert ran and all(cfg.all_kwargs() == kernel._config(c).all_kwargs() for cfg in ran), (step, ran)
+
+
+def test_launch_candidates(monkeypatch):
+    """The interpreter runs one launch, the GPU the candidates of the dot class and padded head dim that hold all
+    frames of a token (the first only with autotuning off); force_launch overrides both, clears the tuning caches and
+    restores them."""
+    if kernel._interpreted():
+        assert kernel.launch_candidates("fwd", 10, 5, 64, "ieee") == (kernel._Launch(128, 4),)  # 16 frames x 8 tokens
+        assert kernel.launch_candidates("bwd", 10, 197, 64, "ieee") == (kernel._Launch(512, 4),)
+    monkeypatch.setattr(kernel, "_interpreted", lambda: False)  # as if compiled for a GPU
+    monkeypatch.delenv("STGCMA_FAST_AUTOTUNE", raising=False)
+    table = kernel._GPU_LAUNCH
+    assert kernel.launch_candidates("bwd", 10, 197, 64, "tf32") == table["16-bit"][64]["bwd"]
+    assert kernel.launch_candidates("fwd", 10, 257, 48, "ieee") == table["fp32"][64]["fwd"]
+    for dot_class, tables in table.items():  # every list: distinct launches, powers of two, tl.dot sizes
+        for block_hd, steps in tables.items():
+            for step, launches in steps.items():
+                assert len(set(launches)) == len(launches) >= 2, (dot_class, block_hd, step)
+                assert all(c.rows >= 16 and c.rows & (c.rows - 1) == 0 for c in launches), launches
+            for M in (1, 10, 17, 32):  # a block holds all frames of a token: ROWS >= BLOCK_M
+                for dot_prec in ("ieee", "tf32"):
+                    got = kernel.launch_candidates("bwd", M, 197, block_hd, dot_prec)
+                    assert got and all(c.rows >= triton.next_power_of_2(M) for c in got), (M, block_hd, got)
+    monkeypatch.setenv("STGCMA_FAST_AUTOTUNE", "0")
+    assert kernel.launch_candidates("bwd", 10, 197, 64, "tf32") == table["16-bit"][64]["bwd"][:1]
+    forced = kernel._Launch(16, 2)
+    kernel._KERNELS["fwd"].cache[("stale",)] = kernel._config(forced)
+    with kernel.force_launch(bwd=forced):
+        assert not kernel._KERNELS["fwd"].cache, "force_launch must clear the autotuners' caches"
+        assert kernel.launch_candidates("bwd", 10, 197, 64, "tf32") == (forced,)
+        assert kernel.launch_candidates("fwd", 10, 197, 64, "tf32") == table["16-bit"][64]["fwd"][:1]
+        with pytest.raises(ValueError, match="16 rows: fewer than the 32-frame block"):
+            kernel.launch_candidates("bwd", 17, 197, 64, "tf32")
+    assert kernel.launch_candidates("bwd", 10, 197, 64, "tf32") == table["16-bit"][64]["bwd"][:1]
+    with pytest.raises(ValueError, match="expected steps among"):
+        with kernel.force_launch(backward=forced):
+            pass
+    with pytest.raises(ValueError, match="expected step in"):
+        kernel.launch_candidates("backward", 10, 197, 64, "tf32")
+    prune = kernel._KERNELS["fwd"].early_config_prune  # what the autotuner asks: the candidates as triton.Configs
+    got = prune([], {"M": 10, "N": 197, "hd": 64}, BLOCK_M=16, BLOCK_HD=64, DOT_PRECISION="ieee")
+    assert [c.all_kwargs() for c in got] == [kernel._config(c).all_kwargs() for c in table["fp32"][64]["fwd"][:1]]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "shape, num_heads, reason",
     [
@@ -190,29 +259,45 @@ def test_backward_launcher_raises_on_mismatch():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-def _sm90_specs() -> list[KernelSpec]:
-    """What the launchers compile on an sm_90 GPU, with the first config the autotuner keeps for N = 197."""
+# Per test case (one process each): qkv's dtype, and (BLOCK_M, BLOCK_HD) -> whether every autotune candidate is compiled
+# (the model shapes: M = 10 frames, hd = 64 in ViT-B/16 and ViT-L/14) or only the default (the first one kept).
+SM90_CASES = {
+    "fp32": ("fp32", {(16, 64): True, (16, 128): False}),
+    "bf16": ("bf16", {(16, 64): True, (16, 128): True, (1, 16): False}),
+}
+
+
+def _sm90_specs(case: str) -> list[KernelSpec]:
+    """Both kernels as the launchers specialise them for the launch candidates of ``SM90_CASES[case]``
+    (``temporal_attention._GPU_LAUNCH``, pruned as for N = 197 tokens)."""
+    dt, blocks = SM90_CASES[case]
+    prec = "ieee" if dt == "fp32" else "tf32"  # ieee_dot_precision(qkv's dtype)
+    fwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "LSE": "*fp32", "M": "i32", "N": "i32", "H": "i32", "hd": "i32",
+           "stride_b": "i64", "stride_m": "i32", "stride_n": "i32", "qk_scale": "fp32"}  # fmt: skip
+    bwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "DOUT": f"*{dt}", "LSE": "*fp32", "DQKV": f"*{dt}", "M": "i32",
+           "N": "i32", "H": "i32", "hd": "i32", "stride_b": "i64", "stride_m": "i32", "stride_n": "i32",
+           "stride_ob": "i64", "stride_om": "i32", "stride_on": "i32", "sm_scale": "fp32",
+           "qk_scale": "fp32"}  # fmt: skip
     specs = []
-    for dt, prec, block_m, block_hd in [("fp32", "ieee", 16, 64), ("bf16", "tf32", 16, 128), ("bf16", "tf32", 1, 16)]:
-        fwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "LSE": "*fp32", "M": "i32", "N": "i32", "H": "i32", "hd": "i32",
-               "stride_b": "i64", "stride_m": "i32", "stride_n": "i32", "qk_scale": "fp32"}  # fmt: skip
-        bwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "DOUT": f"*{dt}", "LSE": "*fp32", "DQKV": f"*{dt}", "M": "i32",
-               "N": "i32", "H": "i32", "hd": "i32", "stride_b": "i64", "stride_m": "i32", "stride_n": "i32",
-               "stride_ob": "i64", "stride_om": "i32", "stride_on": "i32", "sm_scale": "fp32",
-               "qk_scale": "fp32"}  # fmt: skip
-        for jit, sig in [(kernel._temporal_attention_fwd_kernel, fwd), (kernel._temporal_attention_bwd_kernel, bwd)]:
-            cfg = kernel._prune_configs(kernel._GPU_CONFIGS, {"N": 197}, BLOCK_M=block_m, BLOCK_HD=block_hd,
-                                        DOT_PRECISION=prec)[0]  # fmt: skip
-            consts = {"ACC": tl.float32, "DOT_PRECISION": prec, "BLOCK_M": block_m, "BLOCK_HD": block_hd, **cfg.kwargs}
-            label = f"{dt}, BLOCK_M={block_m}, BLOCK_HD={block_hd}"
-            specs.append(KernelSpec(jit, sig, consts, cfg.num_warps, cfg.num_stages, label=label))
+    for (block_m, block_hd), every in blocks.items():
+        for step, jit, sig in [("fwd", kernel._temporal_attention_fwd_kernel, fwd),
+                               ("bwd", kernel._temporal_attention_bwd_kernel, bwd)]:  # fmt: skip
+            launches = kernel.launch_candidates(step, block_m, 197, block_hd, prec)
+            for c in launches if every else launches[:1]:
+                consts = {"ACC": tl.float32, "DOT_PRECISION": prec, "BLOCK_M": block_m, "BLOCK_HD": block_hd,
+                          **kernel._config(c).kwargs}  # fmt: skip
+                label = f"{dt}, BLOCK_M={block_m}, BLOCK_HD={block_hd}, ROWS={c.rows}"
+                specs.append(KernelSpec(jit, sig, consts, c.num_warps, c.num_stages, label=label))
     return specs
 
 
 @pytest.mark.slow
-def test_kernels_compile_for_sm90_without_a_gpu():
-    """Both temporal-attention kernels compile to sm_90 cubins, which the interpreter cannot check (compile_check)."""
-    compile_in_subprocess(_sm90_specs)
+@pytest.mark.parametrize("case", list(SM90_CASES))
+def test_kernels_compile_for_sm90_without_a_gpu(case):
+    """Both temporal-attention kernels compile to sm_90 cubins for every autotune candidate at the model shapes, which
+    the interpreter cannot check (see compile_check); `python -m tests.kernels.compile_check
+    tests.kernels.test_temporal_attention:_sm90_specs '["CASE"]'` prints their shared memory, registers and spills."""
+    compile_in_subprocess(_sm90_specs, case)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -225,6 +310,16 @@ def test_kernels_compile_for_sm90_without_a_gpu():
 )
 def test_gpu_parity(B, M, N, H, hd, dtype):
     compare(make_qkv(B, M, N, H, hd, dtype, "cuda"), H, hd**-0.5, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dot_class, hd, launches", list(_candidate_sets()))
+def test_gpu_every_launch_candidate(dot_class, hd, launches):
+    """Every autotune candidate compiled for the real GPU (the parity tests above only see the candidate the autotuner
+    picked): the 16-bit ones in bf16, the fp32 ones in fp32, at the B/16 temporal shape (M = 10, N = 197, H = 12)."""
+    dtype = torch.float32 if dot_class == "fp32" else torch.bfloat16
+    with kernel.force_launch(**launches):
+        compare(make_qkv(2, 10, 197, 12, hd, dtype, "cuda"), 12, hd**-0.5, dtype)
 
 
 @pytest.mark.gpu
