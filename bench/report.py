@@ -52,11 +52,13 @@ def merge(paths: Sequence[Path], into: Path) -> int:
 
 
 def newest_result(results_dir: Path = RESULTS_DIR, prefer_gpu: bool = True) -> Path | None:
-    files = sorted(results_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    """The result file of the latest run (by the start time pytest-benchmark records in it: a fresh clone gives every
+    file the same mtime), among the GPU runs if any and ``prefer_gpu``; None if there is none."""
+    runs = [(load(p), p) for p in results_dir.glob("*.json")]
+    runs.sort(key=lambda run: (run[0].get("datetime", ""), run[1].name))
     if prefer_gpu:
-        gpu = [p for p in files if load(p)["machine_info"].get("device", "cpu") != "cpu"]
-        files = gpu or files
-    return files[-1] if files else None
+        runs = [run for run in runs if run[0]["machine_info"].get("device", "cpu") != "cpu"] or runs
+    return runs[-1][1] if runs else None
 
 
 def _fmt(x: float | None, spec: str, suffix: str = "") -> str:

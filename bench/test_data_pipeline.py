@@ -50,6 +50,7 @@ def _dataset(root) -> AveDataset:
     return AveDataset(root, "all", frames=FrameSettings(min_seconds=10.0))
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # more workers than cores: on purpose
 @pytest.mark.parametrize("workers", [1, 2, 4, 8])
 def test_pyav_dataloader(benchmark, datasets, workers):
     loader = AveLoader(_dataset(datasets["vp9"]), batch_size=4, num_workers=workers, persistent_workers=True,

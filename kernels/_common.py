@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 import torch
+import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
@@ -36,3 +41,60 @@ def device_dtype_refusal(device: torch.device, dtype: torch.dtype, is_interprete
         return f"dtype {str(dtype).removeprefix('torch.')} unsupported{why}; supported: " + ", ".join(
             str(d).removeprefix("torch.") for d in allowed)
     return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Autotuning: switch, timer and forced launches (tests check every GPU candidate by forcing it)
+def autotune_enabled() -> bool:
+    """Whether the GPU launchers time their candidates (``STGCMA_FAST_AUTOTUNE``, default on; "0" turns it off and
+    each launcher runs its first candidate)."""
+    return os.environ.get("STGCMA_FAST_AUTOTUNE", "1") != "0"
+
+
+def quick_bench(fn, quantiles=None):
+    """The autotuners' timer: a shorter warm-up and repeat than Triton's default (25 / 100 ms); these kernels take
+    tens to hundreds of microseconds, and each (kernel, key) times its few candidates once per process."""
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+class LaunchOverrides:
+    """The launches forced per kernel step of one kernel module, and the autotuned kernels whose cached picks a
+    change of them must forget.
+
+    ``steps``: the step names (e.g. ``("fwd", "bwd")``); ``kernels`` (set once the kernels are defined): step ->
+    ``@triton.autotune`` kernel.
+    """
+
+    def __init__(self, steps: tuple[str, ...]) -> None:
+        self.steps = steps
+        self.forced: dict[str, object] = {}
+        self.kernels: dict[str, object] = {}
+
+    def check_step(self, step: str) -> None:
+        if step not in self.steps:
+            raise ValueError(f"expected step in {self.steps}, got {step!r}")
+
+    def get(self, step: str):
+        """The launch forced for ``step``, or None."""
+        return self.forced.get(step)
+
+    @contextlib.contextmanager
+    def force(self, **launches) -> Iterator[None]:
+        """Run the given steps with these launches inside the block, bypassing the autotuner; the autotuners' cached
+        picks are forgotten on entry and on exit (else a forced launch would not run, or would outlive the block)."""
+        unknown = set(launches) - set(self.steps)
+        if unknown:
+            raise ValueError(f"expected steps among {self.steps}, got {sorted(unknown)}")
+        before = dict(self.forced)
+        self.forced.update(launches)
+        self.forget_tuning()
+        try:
+            yield
+        finally:
+            self.forced.clear()
+            self.forced.update(before)
+            self.forget_tuning()
+
+    def forget_tuning(self) -> None:
+        for kernel in self.kernels.values():
+            kernel.cache.clear()

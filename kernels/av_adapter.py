@@ -50,16 +50,14 @@ when no input requires grad (inference): the kernels skip those stores.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from stgcma_fast.kernels._common import acc_dtypes
+from stgcma_fast.kernels._common import LaunchOverrides, acc_dtypes, autotune_enabled, quick_bench
 
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configurations (the kernels' autotune candidates)
@@ -111,7 +109,7 @@ _INTERPRETER_LAUNCH: dict[int, dict[str, _Launch]] = {
     block_r: {step: launches[0] for step, launches in steps.items()} for block_r, steps in _GPU_LAUNCH.items()
 }
 _STEPS = ("down", "attn_fwd", "up_bwd", "attn_bwd")
-_FORCED: dict[str, _Launch] = {}  # step -> launch that overrides the candidates (tests: force_launch)
+_OVERRIDES = LaunchOverrides(_STEPS)  # launches forced per step (tests: force_launch)
 
 
 def _config(launch: _Launch, step: str) -> triton.Config:
@@ -119,46 +117,24 @@ def _config(launch: _Launch, step: str) -> triton.Config:
     return triton.Config(meta, num_warps=launch.num_warps, num_stages=launch.num_stages)
 
 
-def autotune_enabled() -> bool:
-    """Whether the GPU launchers time their candidates (``STGCMA_FAST_AUTOTUNE``, default on; "0" turns it off)."""
-    return os.environ.get("STGCMA_FAST_AUTOTUNE", "1") != "0"
-
 
 def launch_candidates(r: int, step: str) -> tuple[_Launch, ...]:
     """What the launcher of ``step`` may run for bottleneck ``r``: the forced launch, the interpreter's one launch,
     or the GPU candidates (the first only when autotuning is off)."""
-    if step not in _STEPS:
-        raise ValueError(f"expected step in {_STEPS}, got {step!r}")
+    _OVERRIDES.check_step(step)
     block_r = _block_r(r)
-    if step in _FORCED:
-        return (_FORCED[step],)
+    if _OVERRIDES.get(step) is not None:
+        return (_OVERRIDES.get(step),)
     if _interpreting():
         return (_INTERPRETER_LAUNCH[block_r][step],)
     launches = _GPU_LAUNCH[block_r][step]
     return launches if autotune_enabled() else launches[:1]
 
 
-@contextlib.contextmanager
-def force_launch(**launches: _Launch) -> Iterator[None]:
+def force_launch(**launches: _Launch):
     """Run the given steps (``down=``, ``attn_fwd=``, ``up_bwd=``, ``attn_bwd=``) with these launches inside the
-    block, bypassing the autotuner (tests use it to check every GPU candidate)."""
-    unknown = set(launches) - set(_STEPS)
-    if unknown:
-        raise ValueError(f"expected steps among {_STEPS}, got {sorted(unknown)}")
-    before = dict(_FORCED)
-    _FORCED.update(launches)
-    _forget_tuning()  # the autotuners cache their pick per key: forget it, or a forced launch would not run
-    try:
-        yield
-    finally:
-        _FORCED.clear()
-        _FORCED.update(before)
-        _forget_tuning()
-
-
-def _forget_tuning() -> None:
-    for kernel in _KERNELS.values():
-        kernel.cache.clear()
+    block, bypassing the autotuner (tests use it to check every GPU candidate); a context manager."""
+    return _OVERRIDES.force(**launches)
 
 
 def _pruner(step: str):
@@ -168,16 +144,11 @@ def _pruner(step: str):
     return prune
 
 
-def _quick_bench(fn, quantiles=None):
-    """The autotuner's timer: a shorter warm-up and repeat than Triton's default (25 / 100 ms); these kernels take
-    tens to hundreds of microseconds, and each (step, key) times up to four candidates once per process."""
-    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
-
 
 def _autotune(step: str, key: list[str]) -> dict:
     configs = [_config(launch, step) for steps in _GPU_LAUNCH.values() for launch in steps[step]]
     return dict(configs=configs, key=key, prune_configs_by={"early_config_prune": _pruner(step)},
-                do_bench=_quick_bench)  # fmt: skip
+                do_bench=quick_bench)  # fmt: skip
 
 
 def _block_r(r: int) -> int:
@@ -502,6 +473,7 @@ def _bwd_attn_down_kernel(
 # The autotuned kernel of each launch step.
 _KERNELS = {"down": _down_gelu_kernel, "attn_fwd": _attn_up_kernel, "up_bwd": _bwd_up_kernel,
             "attn_bwd": _bwd_attn_down_kernel}  # fmt: skip
+_OVERRIDES.kernels.update(_KERNELS)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -31,16 +31,21 @@ master weights), follows what autocast does to the contract :func:`stgcma_fast.o
 Anything else is refused by ``supports`` (the launchers raise ValueError naming expected vs received).
 """
 
-import contextlib
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from stgcma_fast.kernels._common import acc_dtypes, device_dtype_refusal, ieee_dot_precision, interpreted
+from stgcma_fast.kernels._common import (
+    LaunchOverrides,
+    acc_dtypes,
+    autotune_enabled,
+    device_dtype_refusal,
+    ieee_dot_precision,
+    interpreted,
+    quick_bench,
+)
 
 # Globals read inside @triton.jit functions must be tl.constexpr (the interpreter does not check this; the GPU does).
 _SQRT_HALF = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
@@ -105,7 +110,7 @@ for _classes in _GPU_LAUNCH.values():
 # Under TRITON_INTERPRET=1 (no GPU benchmarker) one launch: few, large tiles run faster in numpy; BLOCK_D < 128 so that
 # the tests still loop over D chunks.
 _INTERPRETER_LAUNCH = _Launch(128, 64, 4, 1)
-_FORCED: dict[str, _Launch] = {}  # step -> launch that overrides the candidates (tests: force_launch)
+_OVERRIDES = LaunchOverrides(_STEPS)  # launches forced per step (tests: force_launch)
 # The fewest rows per program any candidate runs: the backward sizes its bias-gradient partial sums for it.
 _MIN_BLOCK_R = min(launch.block_rows for classes in _GPU_LAUNCH.values() for steps in classes.values()
                    for launch in steps["bwd"] + (_INTERPRETER_LAUNCH,))  # fmt: skip
@@ -125,20 +130,14 @@ def _block_r(r: int) -> int:
     return max(16, triton.next_power_of_2(r))
 
 
-def autotune_enabled() -> bool:
-    """Whether the GPU launchers time their candidates (``STGCMA_FAST_AUTOTUNE``, default on; "0" turns it off), as
-    in :func:`stgcma_fast.kernels.av_adapter.autotune_enabled`."""
-    return os.environ.get("STGCMA_FAST_AUTOTUNE", "1") != "0"
-
 
 def launch_candidates(step: str, r: int, dot_precision: str, D: int) -> tuple[_Launch, ...]:
     """What the kernel of ``step`` ("fwd", "bwd") may run for bottleneck ``r``, the kernels' ``DOT_PRECISION``
     ("ieee" for fp32 x) and width ``D``: the forced launch, the interpreter's one launch, or the GPU candidates whose D
     chunk is not wider than D needs (the first only when autotuning is off)."""
-    if step not in _STEPS:
-        raise ValueError(f"expected step in {_STEPS}, got {step!r}")
-    if step in _FORCED:
-        return (_FORCED[step],)
+    _OVERRIDES.check_step(step)
+    if _OVERRIDES.get(step) is not None:
+        return (_OVERRIDES.get(step),)
     if _interpreted():
         return (_INTERPRETER_LAUNCH,)
     launches = _GPU_LAUNCH[_dot_class(dot_precision)][_block_r(r)][step]
@@ -147,31 +146,14 @@ def launch_candidates(step: str, r: int, dot_precision: str, D: int) -> tuple[_L
     return fit if autotune_enabled() else fit[:1]
 
 
-@contextlib.contextmanager
-def force_launch(**launches: _Launch) -> Iterator[None]:
+def force_launch(**launches: _Launch):
     """Run the given steps (``fwd=``, ``bwd=``) with these launches inside the block, bypassing the autotuner (tests
-    use it to check every GPU candidate); the autotuners' cached picks are forgotten on entry and on exit."""
-    unknown = set(launches) - set(_STEPS)
-    if unknown:
-        raise ValueError(f"expected steps among {_STEPS}, got {sorted(unknown)}")
-    before = dict(_FORCED)
-    _FORCED.update(launches)
-    _forget_tuning()  # the autotuners cache their pick per key: forget it, or a forced launch would not run
-    try:
-        yield
-    finally:
-        _FORCED.clear()
-        _FORCED.update(before)
-        _forget_tuning()
-
-
-def _forget_tuning() -> None:
-    for kernel in _KERNELS.values():
-        kernel.cache.clear()
+    use it to check every GPU candidate); a context manager."""
+    return _OVERRIDES.force(**launches)
 
 
 def _min_block_rows() -> int:
-    forced = _FORCED.get("bwd")
+    forced = _OVERRIDES.get("bwd")
     return _MIN_BLOCK_R if forced is None else min(_MIN_BLOCK_R, forced.block_rows)
 
 
@@ -187,7 +169,7 @@ def _autotune(step: str) -> dict:
     launches = dict.fromkeys(launch for classes in _GPU_LAUNCH.values() for steps in classes.values()
                              for launch in steps[step])  # fmt: skip
     return dict(configs=[_config(launch) for launch in launches], key=["D", "BLOCK_r", "HAS_SCALE"],
-                prune_configs_by={"early_config_prune": _pruner(step)})  # fmt: skip
+                prune_configs_by={"early_config_prune": _pruner(step)}, do_bench=quick_bench)  # fmt: skip
 
 
 # The backward writes one row of bias-gradient partial sums per row block, and the launcher sums ALL rows: on the GPU
@@ -344,6 +326,7 @@ def _t_adapter_bwd_kernel(
 
 
 _KERNELS = {"fwd": _t_adapter_fwd_kernel, "bwd": _t_adapter_bwd_kernel}
+_OVERRIDES.kernels.update(_KERNELS)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -23,17 +23,22 @@ writes dq, dk, dv straight into a (B, M, N, 3 * H * hd) gradient laid out like q
 hd: any value in [1, 128]; it runs in a power-of-two block of at least 16 with masks (80 -> 128).
 """
 
-import contextlib
 import math
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from stgcma_fast.kernels._common import acc_dtypes, device_dtype_refusal, ieee_dot_precision, interpreted
+from stgcma_fast.kernels._common import (
+    LaunchOverrides,
+    acc_dtypes,
+    autotune_enabled,
+    device_dtype_refusal,
+    ieee_dot_precision,
+    interpreted,
+    quick_bench,
+)
 
 # Globals read inside @triton.jit functions must be tl.constexpr (the interpreter does not check this; the GPU does).
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -98,7 +103,7 @@ _GPU_LAUNCH: dict[str, dict[int, dict[str, tuple[_Launch, ...]]]] = {
 }  # fmt: skip
 # Under TRITON_INTERPRET=1 (no GPU benchmarker) one block of up to 512 rows, no bigger than the problem needs.
 _INTERPRETER_ROWS = 512
-_FORCED: dict[str, _Launch] = {}  # step -> launch that overrides the candidates (tests: force_launch)
+_OVERRIDES = LaunchOverrides(_STEPS)  # launches forced per step (tests: force_launch)
 
 # Dispatch policy (stgcma_fast.ops.dispatch): on CPU this kernel runs only in the interpreter, which tests use by
 # forcing the backend; on CUDA it is picked automatically once its GPU parity tests have passed there.
@@ -114,22 +119,16 @@ def _dot_class(dot_precision: str) -> str:
     return "fp32" if dot_precision == "ieee" else "16-bit"
 
 
-def autotune_enabled() -> bool:
-    """Whether the GPU launchers time their candidates (``STGCMA_FAST_AUTOTUNE``, default on; "0" turns it off), as
-    in :func:`stgcma_fast.kernels.av_adapter.autotune_enabled`."""
-    return os.environ.get("STGCMA_FAST_AUTOTUNE", "1") != "0"
-
 
 def launch_candidates(step: str, M: int, N: int, hd: int, dot_precision: str) -> tuple[_Launch, ...]:
     """What the kernel of ``step`` ("fwd", "bwd") may run for M frames, N tokens, head dim ``hd`` and the kernels'
     ``DOT_PRECISION`` ("ieee" for fp32 qkv): the forced launch, the interpreter's one launch, or the GPU candidates
     whose blocks hold all BLOCK_M frames of a token (the first only when autotuning is off)."""
-    if step not in _STEPS:
-        raise ValueError(f"expected step in {_STEPS}, got {step!r}")
+    _OVERRIDES.check_step(step)
     blocks = _blocks(M, hd)
     block_m = blocks["BLOCK_M"]
-    if step in _FORCED:
-        forced = _FORCED[step]
+    forced = _OVERRIDES.get(step)
+    if forced is not None:
         if forced.rows < block_m:  # a block must hold every frame of its tokens
             raise ValueError(f"forced {step} launch of {forced.rows} rows: fewer than the {block_m}-frame block")
         return (forced,)
@@ -140,27 +139,10 @@ def launch_candidates(step: str, M: int, N: int, hd: int, dot_precision: str) ->
     return fit if autotune_enabled() else fit[:1]
 
 
-@contextlib.contextmanager
-def force_launch(**launches: _Launch) -> Iterator[None]:
+def force_launch(**launches: _Launch):
     """Run the given steps (``fwd=``, ``bwd=``) with these launches inside the block, bypassing the autotuner (tests
-    use it to check every GPU candidate); the autotuners' cached picks are forgotten on entry and on exit."""
-    unknown = set(launches) - set(_STEPS)
-    if unknown:
-        raise ValueError(f"expected steps among {_STEPS}, got {sorted(unknown)}")
-    before = dict(_FORCED)
-    _FORCED.update(launches)
-    _forget_tuning()  # the autotuners cache their pick per key: forget it, or a forced launch would not run
-    try:
-        yield
-    finally:
-        _FORCED.clear()
-        _FORCED.update(before)
-        _forget_tuning()
-
-
-def _forget_tuning() -> None:
-    for kernel in _KERNELS.values():
-        kernel.cache.clear()
+    use it to check every GPU candidate); a context manager."""
+    return _OVERRIDES.force(**launches)
 
 
 def _pruner(step: str):
@@ -176,7 +158,7 @@ def _autotune(step: str) -> dict:
     launches = dict.fromkeys(launch for classes in _GPU_LAUNCH.values() for steps in classes.values()
                              for launch in steps[step])  # fmt: skip
     return dict(configs=[_config(launch) for launch in launches], key=["M", "N", "BLOCK_M", "BLOCK_HD"],
-                prune_configs_by={"early_config_prune": _pruner(step)})  # fmt: skip
+                prune_configs_by={"early_config_prune": _pruner(step)}, do_bench=quick_bench)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -296,6 +278,7 @@ def _temporal_attention_bwd_kernel(
 
 
 _KERNELS = {"fwd": _temporal_attention_fwd_kernel, "bwd": _temporal_attention_bwd_kernel}
+_OVERRIDES.kernels.update(_KERNELS)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

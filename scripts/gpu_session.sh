@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What a lent GPU runs, as ONE device command. The device tool stops a command at 600 s (what is under $OUT by then
-# still comes back, at most 8 files) and a session has 30 minutes of device time, the machine's start included:
+# still comes back, at most 8 files) and a session has 15 minutes of device time, the machine's start (a minute or
+# more) included: one full run, with a few minutes left to rerun one phase:
 #
 #   scripts/gpu_session.sh [PHASE ...]     PHASE: tests, kernels, model, data (none: all four, in this order)
 #

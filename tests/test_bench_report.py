@@ -87,3 +87,18 @@ def test_merge_appends_benchmarks_and_skips_missing_files(tmp_path, capsys):
     assert report.merge([tmp_path / "missing.json"], tmp_path / "none.json") == 0
     assert not (tmp_path / "none.json").exists()
     assert "benchmarks added" in capsys.readouterr().out
+
+
+def test_newest_result_orders_by_recorded_run_time_and_prefers_gpu(tmp_path):
+    """Files are picked by the datetime pytest-benchmark records, not by mtime (a clone gives all the same one)."""
+    def write(name, device, when):
+        (tmp_path / name).write_text(json.dumps({**_result(device), "datetime": when}))
+
+    assert report.newest_result(tmp_path) is None
+    write("b_cpu_new.json", "cpu", "2026-11-28T10:00:00+00:00")
+    write("a_cpu_old.json", "cpu", "2026-11-20T10:00:00+00:00")
+    assert report.newest_result(tmp_path).name == "b_cpu_new.json"
+    write("z_gpu_old.json", "NVIDIA H200", "2026-11-01T10:00:00+00:00")
+    write("c_gpu_new.json", "NVIDIA H200", "2026-11-02T10:00:00+00:00")
+    assert report.newest_result(tmp_path).name == "c_gpu_new.json"
+    assert report.newest_result(tmp_path, prefer_gpu=False).name == "b_cpu_new.json"
