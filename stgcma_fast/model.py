@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -15,6 +16,31 @@ from .core import STGCMABase, STGCMAOutput
 from .modules import AVAdapter, BlockAdapters, TAdapter
 from .ops.activations import lean_activation
 from .ops.dispatch import OPS, Dispatcher
+
+
+class FrozenWeights(NamedTuple):
+    """One block's frozen projections, as its GEMMs read them: (weight, bias) of attn.qkv, attn.proj, mlp.fc1 and
+    mlp.fc2, cast once to the autocast dtype when autocast is on."""
+
+    qkv: tuple[torch.Tensor, torch.Tensor | None]
+    proj: tuple[torch.Tensor, torch.Tensor | None]
+    fc1: tuple[torch.Tensor, torch.Tensor | None]
+    fc2: tuple[torch.Tensor, torch.Tensor | None]
+
+
+def frozen_weights(block: nn.Module, device_type: str) -> FrozenWeights:
+    """The (weight, bias) pairs of ``block``'s frozen projections; under autocast, cast to its dtype ONCE for the
+    block. Autocast caches the casts of weights that require grad only, so a frozen weight would otherwise be cast
+    again by each of its GEMMs (qkv and proj 4 times per block: temporal and spatial, video and audio; fc1 and fc2
+    twice), and every cast copy would be kept for backward, where the GEMM computes the input gradient with it. Cast
+    once, all its GEMMs share (and save) one copy. The values are the same: autocast would round the same weight to
+    the same dtype."""
+    layers = (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2)
+    if not torch.is_autocast_enabled(device_type):
+        return FrozenWeights(*((m.weight, m.bias) for m in layers))
+    dtype = torch.get_autocast_dtype(device_type)
+    cast = lambda t: None if t is None else t.to(dtype) if t.is_floating_point() else t  # noqa: E731
+    return FrozenWeights(*((cast(m.weight), cast(m.bias)) for m in layers))
 
 
 def _adapter_weights(ad: TAdapter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,14 +113,14 @@ class FastSTGCMA(STGCMABase):
         return bb.norm_pre(torch.cat([cls, patches], dim=2) + pos)
 
     # ---------------------------------------------------------------- stages
-    def _temporal(self, i: int, ad: TAdapter, x: torch.Tensor) -> torch.Tensor:
+    def _temporal(self, i: int, w: FrozenWeights, ad: TAdapter, x: torch.Tensor) -> torch.Tensor:
         """x + DropPath(Ad_T(MHSA over frames)) on x (B, M, N, D); attention reads the qkv layout in place."""
         blk = self.backbone.blocks[i]
         attn = blk.attn
         B, M, N, D = x.shape
-        qkv = F.linear(blk.norm1(x), attn.qkv.weight, attn.qkv.bias)  # (B, M, N, 3D)
+        qkv = F.linear(blk.norm1(x), *w.qkv)  # (B, M, N, 3D)
         o = self.ops("temporal_attention", qkv, attn.num_heads, attn.scale)  # (B, M, N, D)
-        o = blk.ls1(F.linear(o, attn.proj.weight, attn.proj.bias))
+        o = blk.ls1(F.linear(o, *w.proj))
         row_scale = None
         rate = self.drop_path_rates[i]
         if self.training and rate > 0.0:  # drop path per (clip, token) sequence, as on the (B * N, M, D) view
@@ -103,19 +129,19 @@ class FastSTGCMA(STGCMABase):
         out = self.ops("t_adapter", o.reshape(-1, D), x.reshape(-1, D), *_adapter_weights(ad), row_scale)
         return out.view(B, M, N, D)
 
-    def _spatial_mhsa(self, i: int, x: torch.Tensor) -> torch.Tensor:
+    def _spatial_mhsa(self, i: int, w: FrozenWeights, x: torch.Tensor) -> torch.Tensor:
         blk = self.backbone.blocks[i]
         attn = blk.attn
         B, M, N, D = x.shape
-        qkv = F.linear(blk.norm1(x), attn.qkv.weight, attn.qkv.bias).view(B * M, N, 3 * D)
+        qkv = F.linear(blk.norm1(x), *w.qkv).view(B * M, N, 3 * D)
         o = self.ops("spatial_attention", qkv, attn.num_heads, attn.scale)  # (B*M, N, D)
-        return blk.ls1(F.linear(o, attn.proj.weight, attn.proj.bias)).view(B, M, N, D)
+        return blk.ls1(F.linear(o, *w.proj)).view(B, M, N, D)
 
-    def _ffn(self, i: int, x: torch.Tensor) -> torch.Tensor:
+    def _ffn(self, i: int, w: FrozenWeights, x: torch.Tensor) -> torch.Tensor:
         blk = self.backbone.blocks[i]
         mlp = blk.mlp
-        h = self._act(F.linear(blk.norm2(x), mlp.fc1.weight, mlp.fc1.bias))  # lean: keeps only the fc1 output
-        return blk.ls2(mlp.drop2(F.linear(mlp.norm(mlp.drop1(h)), mlp.fc2.weight, mlp.fc2.bias)))
+        h = self._act(F.linear(blk.norm2(x), *w.fc1))  # lean: keeps only the fc1 output
+        return blk.ls2(mlp.drop2(F.linear(mlp.norm(mlp.drop1(h)), *w.fc2)))
 
     def _cross_modal(self, ad: BlockAdapters, stage: str, av: AVAdapter | None, u_v: torch.Tensor | None,
                      u_a: torch.Tensor | None, x_v: torch.Tensor | None, x_a: torch.Tensor | None):
@@ -140,14 +166,15 @@ class FastSTGCMA(STGCMABase):
     def _block(self, i: int, x_v: torch.Tensor | None, x_a: torch.Tensor | None):
         ad: BlockAdapters = self.adapters[i]
         stages = self.config.stages
+        w = frozen_weights(self.backbone.blocks[i], (x_v if x_v is not None else x_a).device.type)
         if "temporal" in stages:
-            x_v = self._temporal(i, ad.temporal_v, x_v) if x_v is not None else None
-            x_a = self._temporal(i, ad.temporal_a, x_a) if x_a is not None else None
-        s_v = self._spatial_mhsa(i, x_v) if x_v is not None else None
-        s_a = self._spatial_mhsa(i, x_a) if x_a is not None else None
+            x_v = self._temporal(i, w, ad.temporal_v, x_v) if x_v is not None else None
+            x_a = self._temporal(i, w, ad.temporal_a, x_a) if x_a is not None else None
+        s_v = self._spatial_mhsa(i, w, x_v) if x_v is not None else None
+        s_a = self._spatial_mhsa(i, w, x_a) if x_a is not None else None
         x_v, x_a = self._cross_modal(ad, "spatial", ad.spatial, s_v, s_a, x_v, x_a)
-        f_v = self._ffn(i, x_v) if x_v is not None else None
-        f_a = self._ffn(i, x_a) if x_a is not None else None
+        f_v = self._ffn(i, w, x_v) if x_v is not None else None
+        f_a = self._ffn(i, w, x_a) if x_a is not None else None
         return self._cross_modal(ad, "global", ad.global_, f_v, f_a, x_v, x_a)
 
     def forward(self, video: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> STGCMAOutput:

@@ -24,3 +24,21 @@ def test_fullgraph_compile_matches_eager_forward_and_backward():
     for (name, p), q in zip(fast.named_parameters(), ref.parameters()):
         if p.requires_grad:
             assert_close(p.grad, q.grad, 5e-5, 5e-3, f"grad {name}")
+
+
+def test_fullgraph_compile_under_autocast_matches_eager():
+    """Under bf16 autocast the per-block cast of the frozen weights (autocast state queried in forward) traces into
+    the one graph too, and computes what eager does."""
+    from torch._dynamo.testing import CompileCounter
+
+    cfg = tiny_config()
+    _, fast = model_pair(cfg, std=0.1, dtype=torch.float32)
+    fast.train()
+    video, audio = inputs(cfg)
+    counter = CompileCounter()
+    compiled = torch.compile(fast, fullgraph=True, backend=counter)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = compiled(video, audio), fast(video, audio)
+    assert counter.frame_count == 1, f"expected one graph, got {counter.frame_count}"
+    assert torch.equal(out.video_tokens, expected.video_tokens) and torch.equal(out.audio_tokens,
+                                                                               expected.audio_tokens)

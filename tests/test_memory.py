@@ -32,3 +32,70 @@ def test_lean_activation_mapping():
     assert torch.equal(lean_activation(torch.nn.GELU(approximate="tanh"))(x), torch.nn.GELU(approximate="tanh")(x))
     relu = torch.nn.ReLU()
     assert lean_activation(relu) is relu
+
+
+def _frozen_weight_casts(model, video, audio) -> tuple[dict[str, int], object]:
+    """Under CPU bf16 autocast, a training forward of ``model``: (how many distinct bf16 storages saved for backward
+    hold the cast of each frozen projection weight, the output). Casts are recognised by value: a saved bf16 tensor
+    equal to the bf16 rounding of a weight (or of its transpose)."""
+    weights = {name: p.detach().to(torch.bfloat16) for name, p in model.backbone.named_parameters()
+               if name.startswith("blocks.") and name.endswith(("qkv.weight", "proj.weight", "fc1.weight",
+                                                                "fc2.weight"))}  # fmt: skip
+    storages: dict[str, set[int]] = {name: set() for name in weights}
+
+    def pack(t):
+        if t.dtype == torch.bfloat16:
+            for name, w in weights.items():  # a GEMM saves the weight or its transposed view
+                if any(t.shape == v.shape and torch.equal(t, v) for v in (w, w.t())):
+                    storages[name].add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(video, audio)
+    return {name: len(s) for name, s in storages.items()}, out
+
+
+def test_frozen_weights_are_cast_once_per_block_under_autocast(monkeypatch):
+    """Autocast caches the casts of weights that require grad only; FastSTGCMA casts each frozen projection once per
+    block, so its four GEMMs (temporal and spatial, video and audio) keep one copy for backward, not four, and the
+    outputs and gradients are bit-identical to casting at every GEMM as autocast would."""
+    from stgcma_fast import model as model_module
+
+    from .helpers import inputs, model_pair, tiny_config
+
+    cfg = tiny_config()
+    _, fast = model_pair(cfg, std=0.1, dtype=torch.float32)
+    fast.train()
+    video, audio = inputs(cfg)
+    counts, out = _frozen_weight_casts(fast, video, audio)
+    assert counts and all(n == 1 for n in counts.values()), counts
+    loss = out.video_cls.float().square().mean() + out.audio_cls.float().square().mean()
+    grads = torch.autograd.grad(loss, list(fast.trainable_parameters()))
+
+    def per_gemm_casts(block, device_type):  # the former behaviour: autocast casts the fp32 weight at each GEMM
+        layers = (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2)
+        return model_module.FrozenWeights(*((m.weight, m.bias) for m in layers))
+
+    monkeypatch.setattr(model_module, "frozen_weights", per_gemm_casts)
+    counts_before, out_before = _frozen_weight_casts(fast, video, audio)
+    assert counts_before["blocks.0.attn.qkv.weight"] == 4 and counts_before["blocks.0.mlp.fc1.weight"] == 2
+    loss_before = out_before.video_cls.float().square().mean() + out_before.audio_cls.float().square().mean()
+    grads_before = torch.autograd.grad(loss_before, list(fast.trainable_parameters()))
+    assert torch.equal(out.video_tokens, out_before.video_tokens)
+    assert torch.equal(out.audio_tokens, out_before.audio_tokens)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_before))
+
+
+def test_frozen_weights_without_autocast_are_the_parameters():
+    from stgcma_fast.model import frozen_weights
+
+    from .helpers import model_pair, tiny_config
+
+    _, fast = model_pair(tiny_config(), dtype=torch.float32)
+    block = fast.backbone.blocks[0]
+    w = frozen_weights(block, "cpu")
+    assert w.qkv[0] is block.attn.qkv.weight and w.fc2[1] is block.mlp.fc2.bias
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = frozen_weights(block, "cpu")
+        assert w.fc1[0].dtype == torch.bfloat16 and torch.equal(w.fc1[0], block.mlp.fc1.weight.to(torch.bfloat16))
+        assert frozen_weights(block, "cuda").qkv[0] is block.attn.qkv.weight  # autocast is on for cpu only
