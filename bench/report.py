@@ -106,7 +106,8 @@ def model_table(data: dict) -> str:
 
 
 def kernel_table(data: dict) -> str:
-    """Median time, GB/s and share of the measured copy bandwidth per op, shape, mode and provider."""
+    """Median time, GB/s and share of the measured copy bandwidth, TFLOP/s (where the case counts FLOPs) per op,
+    shape, mode and provider."""
     copy_bw = data["machine_info"].get("copy_bandwidth_gbps")
     rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for b in data["benchmarks"]:
@@ -115,8 +116,9 @@ def kernel_table(data: dict) -> str:
             rows[(info["op"], info["shape"], info["mode"])][info["provider"]] = info
     if not rows:
         return ""
-    out = ["| op | shape | mode | provider | median ms | GB/s | % of copy bandwidth | speed-up vs eager/SDPA |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| op | shape | mode | provider | median ms | GB/s | % of copy bandwidth | TFLOP/s | "
+           "speed-up vs eager/SDPA |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(rows):
         p = rows[key]
         base = p.get("eager") or p.get("sdpa")
@@ -124,7 +126,8 @@ def kernel_table(data: dict) -> str:
             speedup = base["median_s"] / info["median_s"] if base else None
             share = 100 * info["gbps"] / copy_bw if copy_bw and "gbps" in info else None
             out.append(f"| {key[0]} | {key[1]} | {key[2]} | {provider} | {1e3 * info['median_s']:.3f} | "
-                       f"{_fmt(info.get('gbps'), '.1f')} | {_fmt(share, '.1f')} | {_fmt(speedup, '.2f', 'x')} |")
+                       f"{_fmt(info.get('gbps'), '.1f')} | {_fmt(share, '.1f')} | {_fmt(info.get('tflops'), '.1f')} | "
+                       f"{_fmt(speedup, '.2f', 'x')} |")
     return "\n".join(out)
 
 

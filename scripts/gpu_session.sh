@@ -7,7 +7,8 @@
 #
 #   tests    the GPU parity tests (pytest -m gpu, the Triton kernels first: they decide GPU_VALIDATED), then the
 #            device-agnostic kernel tests, which run on CUDA tensors on a GPU
-#   kernels  bench/test_kernels.py: each op on each provider, the torch.compile ones last
+#   kernels  bench/test_kernels.py: each op on each provider, the torch.compile ones last; bench/test_joint_rows.py
+#            (audio + video rows through the frozen layers as one GEMM, block-diagonal attention)
 #   model    bench/test_model.py: the eager providers first, then the torch.compile ones
 #   data     bench/test_fbank.py, then bench/test_data_pipeline.py (needs PyAV; its DALI cases need DALI)
 #
@@ -112,7 +113,7 @@ phase_tests() {  # $1: seconds for the phase
 
 phase_kernels() {
     local end=$((SECONDS + $1))
-    bench_step $(($1 * 6 / 10)) kernels bench/test_kernels.py -k "not compile"
+    bench_step $(($1 * 6 / 10)) kernels bench/test_kernels.py bench/test_joint_rows.py -k "not compile"
     bench_step $((end - SECONDS)) kernels-compile bench/test_kernels.py -k compile
 }
 

@@ -46,3 +46,33 @@ def test_other_errors_in_a_model_case_are_raised(monkeypatch):
     monkeypatch.setattr(test_model, "_measure", measure)
     with pytest.raises(ValueError, match="forced"):
         test_model._bench(None, "clip-b16-base", "fast-triton", 8, "train")
+
+
+def test_joint_rows_providers_match_and_a_wrong_answer_is_caught():
+    """The joint-rows experiment checks each provider against the two-GEMM path before timing it; the check must see
+    a provider that mixes up the modalities' rows."""
+    from bench import test_joint_rows as jr
+
+    torch.manual_seed(0)
+    G, Nv, Na, D, H = 2, 5, 3, 32, 4
+    w = jr._weights(D)
+    x_v, x_a = jr._inputs(G * Nv, D, grad=False), jr._inputs(G * Na, D, grad=False)
+    joint = {n: torch.cat([x_v[n], x_a[n]]) for n in jr.PROJECTIONS}
+    flat = lambda pairs: [t for pair in pairs for t in pair]  # noqa: E731
+    expected = flat(jr.projections_provider("eager", w, x_v, x_a, joint, G * Nv)())
+    assert len(expected) == 2 * len(jr.PROJECTIONS) and expected[0].shape == (G * Nv, 3 * D)
+    for provider in ("concat", "joint"):
+        jr._check(flat(jr.projections_provider(provider, w, x_v, x_a, joint, G * Nv)()), expected, provider)
+    swapped = {n: torch.cat([x_a[n], x_v[n]]) for n in jr.PROJECTIONS}  # audio rows first: wrong split
+    with pytest.raises(AssertionError, match="output 0"):
+        jr._check(flat(jr.projections_provider("joint", w, x_v, x_a, swapped, G * Nv)()), expected, "swapped")
+
+    qkv_v, qkv_a = torch.randn(G, Nv, 3 * D), torch.randn(G, Na, 3 * D)
+    qkv_joint = torch.cat([qkv_v, qkv_a], dim=1)
+    expected = flat(jr.attention_provider("sdpa", qkv_v, qkv_a, qkv_joint, H, 0.5)())
+    jr._check(flat(jr.attention_provider("sdpa-masked", qkv_v, qkv_a, qkv_joint, H, 0.5)()), expected, "masked")
+    unmasked = torch.cat([qkv_v, qkv_a], dim=1)  # full attention across modalities: not block-diagonal
+    q, k, v = unmasked.view(G, Nv + Na, 3, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)
+    full = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.5).transpose(1, 2).reshape(G, Nv + Na, D)
+    with pytest.raises(AssertionError):
+        jr._check(list(full.split([Nv, Na], dim=1)), expected, "unmasked")

@@ -42,7 +42,7 @@ def test_tables_compute_speedups_and_bandwidth_share(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| clip-b16-base | train"))
     assert "| 2.40x | 1.50x | 41.0% | 4000 -> 2500 | - |" in row
     triton = next(line for line in text.splitlines() if "| triton |" in line)
-    assert "| 1.000 | 1500.0 | 50.0 | 3.00x |" in triton
+    assert "| 1.000 | 1500.0 | 50.0 | - | 3.00x |" in triton
     assert "| audio_front_end | vit | batched | 120.00 | 15.00x |" in text
 
 
