@@ -126,7 +126,7 @@ def kernel_table(data: dict) -> str:
             speedup = base["median_s"] / info["median_s"] if base else None
             share = 100 * info["gbps"] / copy_bw if copy_bw and "gbps" in info else None
             out.append(f"| {key[0]} | {key[1]} | {key[2]} | {provider} | {1e3 * info['median_s']:.3f} | "
-                       f"{_fmt(info.get('gbps'), '.1f')} | {_fmt(share, '.1f')} | {_fmt(info.get('tflops'), '.1f')} | "
+                       f"{_fmt(info.get('gbps'), '.1f')} | {_fmt(share, '.1f')} | {_fmt(info.get('tflops'), '.3g')} | "
                        f"{_fmt(speedup, '.2f', 'x')} |")
     return "\n".join(out)
 
