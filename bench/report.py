@@ -105,6 +105,41 @@ def model_table(data: dict) -> str:
     return "\n".join(out)
 
 
+MEMORY_PROVIDERS = ("fast-recompute-ffn", "fast-recompute-all", "fast-checkpoint")  # bench/test_model.py
+
+
+def memory_table(data: dict) -> str:
+    """FastSTGCMA's memory options per (preset, mode, batch, frames): clips/s, peak memory and saved activations,
+    each against plain ``fast`` and the eager reference of the same case."""
+    rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "clips_per_s" in info and "preset" in info:
+            rows[(info["preset"], info["mode"], info["batch"], info.get("frames"))][info["provider"]] = info
+    keys = [k for k in rows if any(p in rows[k] for p in MEMORY_PROVIDERS)]
+    if not keys:
+        return ""
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return _fmt(a / b if a and b else None, ".2f", "x")
+
+    out = ["| preset | mode | batch | frames | provider | clips/s | vs fast | peak MiB | vs reference | "
+           "saved activations MiB | vs reference |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(keys, key=lambda k: (k[0], k[1], k[2], k[3] or 0)):
+        p = rows[key]
+        fast, ref = p.get("fast", {}), p.get("reference", {})
+        for provider in ("fast", *MEMORY_PROVIDERS):
+            if provider not in p:
+                continue
+            info = p[provider]
+            peak, act = info.get("peak_mem_mib") or None, info.get("saved_activation_mib")
+            out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3] or '-'} | {provider} | "
+                       f"{info['clips_per_s']:.2f} | {ratio(info['clips_per_s'], fast.get('clips_per_s'))} | "
+                       f"{_fmt(peak, '.0f')} | {ratio(peak, ref.get('peak_mem_mib'))} | {_fmt(act, '.1f')} | "
+                       f"{ratio(act, ref.get('saved_activation_mib'))} |")
+    return "\n".join(out)
+
+
 def kernel_table(data: dict) -> str:
     """Median time, GB/s and share of the measured copy bandwidth, TFLOP/s (where the case counts FLOPs) per op,
     shape, mode and provider."""
@@ -156,7 +191,8 @@ def render(data: dict, source: str) -> str:
             f"triton {versions.get('triton', '?')}, xformers {versions.get('xformers', '?')}; measured copy "
             f"bandwidth {_fmt(mi.get('copy_bandwidth_gbps'), '.0f')} GB/s; source `{source}`.")
     parts = [head]
-    for title, table in (("Model", model_table(data)), ("Kernels", kernel_table(data)),
+    for title, table in (("Model", model_table(data)), ("Memory options", memory_table(data)),
+                         ("Kernels", kernel_table(data)),
                          ("Input pipeline", pipeline_table(data))):
         if table:
             parts += [f"**{title}**", table]

@@ -26,6 +26,10 @@ from .common import CPU_ONLY, DEVICE, GPU_ONLY, HAS_CUDA, free_device_memory, ou
 IMPLS = {"reference": ReferenceSTGCMA, "fast": FastSTGCMA}
 PROVIDERS = ("reference", "reference-compile", "fast", "fast-compile", "fast-triton")
 TRITON_BACKENDS = {op: "triton" for op, backends in REGISTRY.items() if any(b.name == "triton" for b in backends)}
+# FastSTGCMA's memory options, each traded for recomputation in backward (test_memory_options).
+MEMORY_PROVIDERS = {"fast-recompute-ffn": dict(recompute=("ffn",)),
+                    "fast-recompute-all": dict(recompute=("attention", "ffn")),
+                    "fast-checkpoint": dict(grad_checkpointing=True)}
 TINY = dict(backbone="vit_base_patch16_clip_quickgelu_224",
             backbone_kwargs=dict(img_size=64, embed_dim=96, depth=2, num_heads=3), adapter="base", num_frames=4)
 
@@ -49,7 +53,7 @@ def _build(cfg: STGCMAConfig, provider: str):
         pytest.skip("torch.compile providers are measured on GPU only (compile time dominates tiny CPU cases)")
     if provider == "fast-triton" and not HAS_CUDA:
         pytest.skip("the model with its Triton kernels is measured on GPU only (the interpreter is a correctness tool)")
-    kwargs = {"backends": TRITON_BACKENDS} if provider == "fast-triton" else {}
+    kwargs = {"backends": TRITON_BACKENDS} if provider == "fast-triton" else MEMORY_PROVIDERS.get(provider, {})
     model = IMPLS[provider.split("-")[0]](cfg, **kwargs).to(DEVICE)
     runner = torch.compile(model) if provider.endswith("-compile") else model
     return model, runner
@@ -119,6 +123,14 @@ def _measure(benchmark, cfg: STGCMAConfig, preset: str, provider: str, batch: in
 def test_model_step(benchmark, preset, provider, mode):
     batch = 2 if preset == "tiny" else (4 if "l14" in preset else 8)
     _bench(benchmark, preset, provider, batch, mode)
+
+
+@pytest.mark.parametrize("provider", list(MEMORY_PROVIDERS))
+@pytest.mark.parametrize("preset", ["tiny", "clip-b16-base"])
+def test_memory_options(benchmark, preset, provider):
+    """Selective recomputation and whole-block checkpointing: clips/s and memory of the training step, against the
+    ``fast`` row of test_model_step for the same case."""
+    _bench(benchmark, preset, provider, 2 if preset == "tiny" else 8, "train")
 
 
 @pytest.mark.gpu

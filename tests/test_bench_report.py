@@ -102,3 +102,19 @@ def test_newest_result_orders_by_recorded_run_time_and_prefers_gpu(tmp_path):
     write("c_gpu_new.json", "NVIDIA H200", "2026-11-02T10:00:00+00:00")
     assert report.newest_result(tmp_path).name == "c_gpu_new.json"
     assert report.newest_result(tmp_path, prefer_gpu=False).name == "b_cpu_new.json"
+
+
+def test_memory_table_compares_options_with_fast_and_reference():
+    def row(provider, rate, peak, saved):
+        return {"name": provider, "extra_info": dict(preset="clip-b16-base", mode="train", batch=8, frames=10,
+                                                     provider=provider, clips_per_s=rate, peak_mem_mib=peak,
+                                                     saved_activation_mib=saved, median_s=8 / rate)}
+
+    data = {"machine_info": {"device": "NVIDIA H200"},
+            "benchmarks": [row("reference", 10.0, 4000, 3000.0), row("fast", 20.0, 3000, 2400.0),
+                           row("fast-recompute-ffn", 18.0, 2600, 1950.0)]}
+    table = report.memory_table(data)
+    assert "| clip-b16-base | train | 8 | 10 | fast | 20.00 | 1.00x | 3000 | 0.75x | 2400.0 | 0.80x |" in table
+    assert "| fast-recompute-ffn | 18.00 | 0.90x | 2600 | 0.65x | 1950.0 | 0.65x |" in table
+    assert "**Memory options**" in report.render(data, "x.json")
+    assert report.memory_table(_result()) == ""  # no memory options measured: no table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from timm.layers import QuickGELU
 
@@ -99,3 +100,59 @@ def test_frozen_weights_without_autocast_are_the_parameters():
         w = frozen_weights(block, "cpu")
         assert w.fc1[0].dtype == torch.bfloat16 and torch.equal(w.fc1[0], block.mlp.fc1.weight.to(torch.bfloat16))
         assert frozen_weights(block, "cuda").qkv[0] is block.attn.qkv.weight  # autocast is on for cpu only
+
+
+RECOMPUTE_CASES = [("ffn",), ("attention",), ("attention", "ffn")]
+
+
+def _run(model, video, audio, amp: bool):
+    """(bytes saved for backward, output, gradients of the trainable parameters) of one training step."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        saved = saved_activation_bytes(lambda: model(video, audio), exclude=model.parameters())
+        out = model(video, audio)
+    loss = out.video_cls.float().square().mean() + out.audio_cls.float().square().mean()
+    return saved, out, torch.autograd.grad(loss, list(model.trainable_parameters()))
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("recompute", RECOMPUTE_CASES, ids="+".join)
+def test_recompute_is_exact_and_keeps_less(recompute, amp):
+    """Selective recomputation reruns the same ops in backward: outputs and gradients are bit-identical, and what the
+    step keeps shrinks by what the recomputed segments would have kept."""
+    from stgcma_fast import FastSTGCMA
+
+    from .helpers import inputs, model_pair, tiny_config
+
+    cfg = tiny_config()
+    _, plain = model_pair(cfg, std=0.1, dtype=torch.float32)
+    lean = FastSTGCMA(cfg, recompute=recompute)
+    lean.load_state_dict(plain.state_dict())
+    plain.train(), lean.train()
+    video, audio = inputs(cfg)
+    saved_plain, out_plain, grads_plain = _run(plain, video, audio, amp)
+    saved_lean, out_lean, grads_lean = _run(lean, video, audio, amp)
+    assert torch.equal(out_lean.video_tokens, out_plain.video_tokens)
+    assert torch.equal(out_lean.audio_tokens, out_plain.audio_tokens)
+    assert all(torch.equal(a, b) for a, b in zip(grads_lean, grads_plain))
+    B, M, D = video.shape[0], cfg.num_frames, plain.embed_dim
+    rows = B * M * (plain.num_video_tokens + plain.num_audio_tokens)  # token rows of both modalities, per pass
+    e = 2 if amp else 4  # bytes of a GEMM output (bf16 under autocast)
+    ffn = plain.depth * rows * 4 * D * e  # the fc1 output
+    attention = plain.depth * 2 * rows * 4 * D * e  # temporal and spatial: q, k, v and the attention output
+    expected = (ffn if "ffn" in recompute else 0) + (attention if "attention" in recompute else 0)
+    saved = saved_plain - saved_lean
+    # Beyond those: the layer norms' per-row statistics and the attention's per-row log-sum-exp, a few % more.
+    assert expected <= saved <= expected * 1.05, (saved, expected)
+    if recompute == ("ffn",) and not amp:  # exactly the fc1 output and LN2's fp32 mean and rstd
+        assert saved == ffn + plain.depth * rows * 2 * 4, (saved, ffn)
+
+
+def test_recompute_option_is_checked():
+    from stgcma_fast import FastSTGCMA
+
+    from .helpers import tiny_config
+
+    model = FastSTGCMA(tiny_config(), recompute="ffn")
+    assert model.recompute == {"ffn"}
+    with pytest.raises(ValueError, match=r"expected recompute to be a subset of \('attention', 'ffn'\), got \['mlp'\]"):
+        FastSTGCMA(tiny_config(), recompute=("ffn", "mlp"))

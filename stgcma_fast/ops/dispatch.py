@@ -102,7 +102,8 @@ def available_backends(op: str) -> list[str]:
 
 
 class Dispatcher:
-    """Per-instance op dispatch with optional overrides ``{op: backend name}``."""
+    """Per-instance op dispatch with optional overrides ``{op: backend name}``; ``last`` maps each op to the backend
+    its last eager call ran on (not updated while torch.compile traces)."""
 
     def __init__(self, overrides: dict[str, str] | None = None, validated: frozenset[str] | None = None) -> None:
         """``validated``: kernel modules to treat as validated on CUDA (default: what ``stgcma-fast selftest``
@@ -138,7 +139,10 @@ class Dispatcher:
                 continue
             reason = backend.refusal(*args, forced=forced is not None, validated=self.validated, **kwargs)
             if reason is None:
-                self.last[op] = backend.name
+                # Recorded in eager calls only: a traced mutation would be a side effect torch.compile refuses inside
+                # a recomputed (checkpointed) segment; the traced choice is the eager one for the same inputs.
+                if self.last.get(op) != backend.name and not torch.compiler.is_compiling():
+                    self.last[op] = backend.name
                 return backend
             reasons.append(f"{backend.name}: {reason}")
         what = f"backend {forced!r} (forced)" if forced else "no backend"
