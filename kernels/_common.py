@@ -57,6 +57,14 @@ def quick_bench(fn, quantiles=None):
     return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
 
 
+def launch_sets(per_step: dict) -> list[dict]:
+    """Every launch set the autotuners may combine, read column-wise: set i holds each step's i-th candidate (its
+    last where a step has fewer), so that each candidate of each step is in some set. ``per_step``: step ->
+    candidates."""
+    n = max(len(launches) for launches in per_step.values())
+    return [{step: launches[min(i, len(launches) - 1)] for step, launches in per_step.items()} for i in range(n)]
+
+
 class LaunchOverrides:
     """The launches forced per kernel step of one kernel module, and the autotuned kernels whose cached picks a
     change of them must forget.

@@ -57,7 +57,7 @@ import torch
 import triton
 import triton.language as tl
 
-from stgcma_fast.kernels._common import LaunchOverrides, acc_dtypes, autotune_enabled, quick_bench
+from stgcma_fast.kernels._common import LaunchOverrides, acc_dtypes, autotune_enabled, launch_sets, quick_bench
 
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configurations (the kernels' autotune candidates)
@@ -129,6 +129,12 @@ def launch_candidates(r: int, step: str) -> tuple[_Launch, ...]:
         return (_INTERPRETER_LAUNCH[block_r][step],)
     launches = _GPU_LAUNCH[block_r][step]
     return launches if autotune_enabled() else launches[:1]
+
+
+def gpu_launch_sets(r: int) -> list[dict[str, _Launch]]:
+    """The launch sets (step -> launch, for ``force_launch``) that together hold every GPU candidate of bottleneck
+    ``r`` (:func:`stgcma_fast.kernels._common.launch_sets`): what a GPU check must run to cover the autotuner."""
+    return launch_sets(_GPU_LAUNCH[_block_r(r)])
 
 
 def force_launch(**launches: _Launch):

@@ -44,6 +44,7 @@ from stgcma_fast.kernels._common import (
     device_dtype_refusal,
     ieee_dot_precision,
     interpreted,
+    launch_sets,
     quick_bench,
 )
 
@@ -140,10 +141,22 @@ def launch_candidates(step: str, r: int, dot_precision: str, D: int) -> tuple[_L
         return (_OVERRIDES.get(step),)
     if _interpreted():
         return (_INTERPRETER_LAUNCH,)
+    fit = _gpu_candidates(step, r, dot_precision, D)
+    return fit if autotune_enabled() else fit[:1]
+
+
+def _gpu_candidates(step: str, r: int, dot_precision: str, D: int) -> tuple[_Launch, ...]:
+    """The GPU candidates of ``step`` whose D chunk is not wider than D needs (the narrowest if none)."""
     launches = _GPU_LAUNCH[_dot_class(dot_precision)][_block_r(r)][step]
     fit = tuple(c for c in launches if c.block_d <= max(32, triton.next_power_of_2(D)))
-    fit = fit or (min(launches, key=lambda c: c.block_d),)
-    return fit if autotune_enabled() else fit[:1]
+    return fit or (min(launches, key=lambda c: c.block_d),)
+
+
+def gpu_launch_sets(r: int, D: int, dtype: torch.dtype) -> list[dict[str, _Launch]]:
+    """The launch sets (step -> launch, for ``force_launch``) that together hold every GPU candidate for bottleneck
+    ``r``, width ``D`` and x of ``dtype`` (:func:`stgcma_fast.kernels._common.launch_sets`)."""
+    prec = ieee_dot_precision(dtype)
+    return launch_sets({step: _gpu_candidates(step, r, prec, D) for step in _STEPS})
 
 
 def force_launch(**launches: _Launch):

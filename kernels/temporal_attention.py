@@ -37,6 +37,7 @@ from stgcma_fast.kernels._common import (
     device_dtype_refusal,
     ieee_dot_precision,
     interpreted,
+    launch_sets,
     quick_bench,
 )
 
@@ -134,9 +135,23 @@ def launch_candidates(step: str, M: int, N: int, hd: int, dot_precision: str) ->
         return (forced,)
     if _interpreted():
         return (_Launch(min(_INTERPRETER_ROWS, max(16, block_m * triton.next_power_of_2(N))), 4),)
-    launches = _GPU_LAUNCH[_dot_class(dot_precision)][blocks["BLOCK_HD"]][step]
-    fit = tuple(c for c in launches if c.rows >= block_m) or (_Launch(max(16, block_m), 8),)
+    fit = _gpu_candidates(step, M, hd, dot_precision)
     return fit if autotune_enabled() else fit[:1]
+
+
+def _gpu_candidates(step: str, M: int, hd: int, dot_precision: str) -> tuple[_Launch, ...]:
+    """The GPU candidates of ``step`` whose blocks hold all BLOCK_M frames of a token."""
+    blocks = _blocks(M, hd)
+    block_m = blocks["BLOCK_M"]
+    launches = _GPU_LAUNCH[_dot_class(dot_precision)][blocks["BLOCK_HD"]][step]
+    return tuple(c for c in launches if c.rows >= block_m) or (_Launch(max(16, block_m), 8),)
+
+
+def gpu_launch_sets(M: int, hd: int, dtype: torch.dtype) -> list[dict[str, _Launch]]:
+    """The launch sets (step -> launch, for ``force_launch``) that together hold every GPU candidate for M frames,
+    head dim ``hd`` and qkv of ``dtype`` (:func:`stgcma_fast.kernels._common.launch_sets`)."""
+    prec = ieee_dot_precision(dtype)
+    return launch_sets({step: _gpu_candidates(step, M, hd, prec) for step in _STEPS})
 
 
 def force_launch(**launches: _Launch):

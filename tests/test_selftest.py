@@ -124,3 +124,45 @@ def test_no_cuda_means_no_validated_modules(monkeypatch):
     assert st.validated_modules_for_current_device() == {"stgcma_fast.kernels.t_adapter"}
     monkeypatch.setenv("STGCMA_FAST_IGNORE_SELFTEST", "1")
     assert st.validated_modules_for_current_device() == frozenset()
+
+
+@pytest.mark.parametrize("op", st.KERNEL_OPS)
+@pytest.mark.parametrize("dtype", st.GPU_DTYPES, ids=str)
+def test_launch_sets_cover_every_gpu_candidate(op, dtype):
+    """On a GPU the self-test forces each launch set in turn: together they must hold every candidate the autotuner
+    may pick, for every shape it checks."""
+    module = __import__(st.KERNEL_MODULES[op], fromlist=[op])
+    for shape in st._GPU_SHAPES[op]:
+        sets = st.launch_sets(op, shape, dtype)
+        for step in sets[0]:
+            if op == "av_adapter":
+                candidates = module._GPU_LAUNCH[module._block_r(shape["r"])][step]
+            elif op == "t_adapter":
+                candidates = module._gpu_candidates(step, shape["r"], "ieee" if dtype == torch.float32 else "tf32",
+                                                    shape["D"])  # fmt: skip
+            else:
+                candidates = module._gpu_candidates(step, shape["M"], shape["hd"],
+                                                    "ieee" if dtype == torch.float32 else "tf32")  # fmt: skip
+            assert len(candidates) >= 2 and {s[step] for s in sets} == set(candidates), (op, shape, step)
+        assert len(sets) == max(len(set(s[step] for s in sets)) for step in sets[0])  # no redundant set
+
+
+def test_selftest_every_launch_forces_each_set_in_the_interpreter(monkeypatch, tmp_path):
+    monkeypatch.setenv("STGCMA_FAST_CACHE", str(tmp_path))
+    checks = st.selftest("cpu", dtypes=[torch.float32], ops=["t_adapter"], log=None, every_launch=True)
+    n = len(st.launch_sets("t_adapter", st._CPU_SHAPES["t_adapter"][0], torch.float32))
+    assert n >= 2 and [c.launch for c in checks] == [f"set {i + 1} of {n}" for i in range(n)]
+    assert all(c.passed for c in checks), "\n".join(map(str, checks))
+
+
+def test_a_launch_set_that_fails_fails_its_op(tmp_path):
+    """A forced launch the kernel cannot run (here: fewer rows than the frames of a token) is a failed check, so the
+    op is not recorded as validated."""
+    from stgcma_fast.kernels import temporal_attention as kernel
+
+    bad = {"fwd": kernel._Launch(16, 4), "bwd": kernel._Launch(16, 4)}  # 16 rows < a 32-frame block
+    check = st.check_op("temporal_attention", torch.float32, "cpu", dict(B=1, M=20, N=3, H=2, hd=16), launches=bad,
+                        launch="set 1 of 1")  # fmt: skip
+    assert not check.passed and "fewer than the 32-frame block" in check.error and "set 1 of 1" in str(check)
+    passing = st.Check("temporal_attention", "float32", "B=1", 1e-6, 1e-5, 1e-5, True)
+    assert st.record([passing, check], "GPU | v", tmp_path / st.RECORD_NAME) == []

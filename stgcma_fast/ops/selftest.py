@@ -6,12 +6,16 @@ own device instead::
 
     stgcma-fast selftest            # or: python -c "from stgcma_fast.ops.selftest import selftest; selftest()"
 
-runs every kernel forward AND backward at ViT-B/16 shapes in bf16, fp16 and fp32 against the fp64 evaluation of
+runs every kernel forward AND backward in bf16, fp16 and fp32 against the fp64 evaluation of
 :mod:`stgcma_fast.ops.torch_ops` on the same values (every output and every input gradient, random upstream
 gradients), with each kernel module's own ``TOLERANCES`` (the table its test suite uses), and records the kernels
 that passed every check in ``$STGCMA_FAST_CACHE/validated_kernels.json`` (default ``~/.cache/stgcma_fast``), written
-atomically. The record is keyed by a fingerprint: GPU name and compute capability, torch, triton and stgcma-fast
-versions and a hash of the kernel sources, so a driver-stack, library or kernel change asks for a new self-test.
+atomically. On a GPU it checks the shapes of every preset's block class (ViT-B/16 Base r = 96, ViT-L/14 Base r =
+64 at D = 1024 with 257 / 64 tokens, the Tiny r = 24; temporal attention at 10 frames of head dim 64) and, since the
+autotuner may pick any of a kernel's launch candidates in a training run, every candidate (each kernel module's
+``gpu_launch_sets``, forced one set at a time): a few minutes, most of it compiling. The record is keyed by a
+fingerprint: GPU name and compute capability, torch, triton and stgcma-fast versions and a hash of the kernel
+sources, so a driver-stack, library or kernel change asks for a new self-test.
 ``Dispatcher`` (one per model) reads the record for the current CUDA device when it is built and then picks the
 recorded kernels automatically (``model.backends()`` shows it); nothing else changes.
 
@@ -43,12 +47,17 @@ GPU_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 INTERPRETER_DTYPES = (torch.float32, torch.float16)  # the interpreter computes bf16 tl.dot wrong
 RECORD_NAME = "validated_kernels.json"
 
-# Shapes: ViT-B/16 Base on a GPU (197 video tokens, 49 audio tokens, D = 768, r = 96, 12 heads of 64, 10 frames);
-# small odd ones in the interpreter (it runs ~2 ms per tile iteration).
-_GPU_SHAPES = {"av_adapter": dict(G=4, N_v=197, N_a=49, D=768, r=96), "t_adapter": dict(R=2 * 197, D=768, r=96),
-               "temporal_attention": dict(B=2, M=10, N=197, H=12, hd=64)}  # fmt: skip
-_CPU_SHAPES = {"av_adapter": dict(G=2, N_v=17, N_a=9, D=64, r=24), "t_adapter": dict(R=33, D=64, r=24),
-               "temporal_attention": dict(B=1, M=4, N=5, H=2, hd=16)}  # fmt: skip
+# Shapes on a GPU: each padded-bottleneck class the presets use (ViT-B/16 Base r = 96 -> 128, ViT-L/14 Base r = 64 at
+# L/14's width and token counts, Tiny r = 24 / 32 -> 32); temporal attention at 10 frames of head dim 64 (B/16 and
+# L/14 alike). In the interpreter one small odd shape per op (it runs ~2 ms per tile iteration).
+_GPU_SHAPES = {
+    "av_adapter": [dict(G=4, N_v=197, N_a=49, D=768, r=96), dict(G=2, N_v=257, N_a=64, D=1024, r=64),
+                   dict(G=4, N_v=197, N_a=49, D=768, r=24)],
+    "t_adapter": [dict(R=2 * 197, D=768, r=96), dict(R=2 * 257, D=1024, r=64), dict(R=2 * 197, D=768, r=24)],
+    "temporal_attention": [dict(B=2, M=10, N=197, H=12, hd=64)],
+}  # fmt: skip
+_CPU_SHAPES = {"av_adapter": [dict(G=2, N_v=17, N_a=9, D=64, r=24)], "t_adapter": [dict(R=33, D=64, r=24)],
+               "temporal_attention": [dict(B=1, M=4, N=5, H=2, hd=16)]}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +73,13 @@ class Check:
     passed: bool
     worst: str = ""  # the tensor with the largest error, or the exception if the kernel failed
     error: str | None = None
+    launch: str = "autotuned"  # or the forced launch set, e.g. "set 2 of 4"
 
     def __str__(self) -> str:
         verdict = "ok  " if self.passed else "FAIL"
         what = f"error {self.error}" if self.error else f"max scaled error {self.max_error:.2e} ({self.worst})"
-        return f"{verdict} {self.op:<19} {self.dtype:<9} {self.shape:<28} {what}; tolerance ({self.atol}, {self.rtol})"
+        return (f"{verdict} {self.op:<19} {self.dtype:<9} {self.shape:<28} {self.launch:<11} {what}; "
+                f"tolerance ({self.atol}, {self.rtol})")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,14 +118,28 @@ def _run(fn: Callable[..., Any], tensors: Sequence[torch.Tensor], kwargs: dict[s
     return named | {f"grad{i}": leaf.grad for i, leaf in enumerate(leaves) if leaf.grad is not None}
 
 
+def launch_sets(op: str, shape: dict[str, int], dtype: torch.dtype) -> list[dict[str, Any]]:
+    """The kernel module's launch sets that together hold every GPU autotune candidate for ``shape`` and ``dtype``."""
+    module = importlib.import_module(KERNEL_MODULES[op])
+    if op == "av_adapter":
+        return module.gpu_launch_sets(shape["r"])
+    if op == "t_adapter":
+        return module.gpu_launch_sets(shape["r"], shape["D"], dtype)
+    return module.gpu_launch_sets(shape["M"], shape["hd"], dtype)
+
+
 def check_op(op: str, dtype: torch.dtype, device: str | torch.device, shape: dict[str, int] | None = None,
-             seed: int = 0, fn: Callable[..., Any] | None = None) -> Check:  # fmt: skip
-    """Kernel ``op`` (or ``fn`` in its place) against the fp64 torch contract, forward and backward."""
+             seed: int = 0, fn: Callable[..., Any] | None = None, launches: dict[str, Any] | None = None,
+             launch: str = "autotuned") -> Check:  # fmt: skip
+    """Kernel ``op`` (or ``fn`` in its place) against the fp64 torch contract, forward and backward; with
+    ``launches`` (step -> launch) the kernel runs them (``force_launch``) instead of what the autotuner picks, and
+    ``launch`` names them in the result."""
     device = torch.device(device)
     module = importlib.import_module(KERNEL_MODULES[op])
-    shape = shape or (_GPU_SHAPES if device.type == "cuda" else _CPU_SHAPES)[op]
+    shape = shape or (_GPU_SHAPES if device.type == "cuda" else _CPU_SHAPES)[op][0]
     atol, rtol = module.TOLERANCES[dtype]
-    label = dict(dtype=str(dtype).removeprefix("torch."), shape=",".join(f"{k}={v}" for k, v in shape.items()))
+    label = dict(dtype=str(dtype).removeprefix("torch."), shape=",".join(f"{k}={v}" for k, v in shape.items()),
+                 launch=launch)
     g = torch.Generator().manual_seed(seed)
     tensors, kwargs = _inputs(op, shape, dtype, device, g)
     reason = module.supports(*tensors, **kwargs)
@@ -125,9 +150,10 @@ def check_op(op: str, dtype: torch.dtype, device: str | torch.device, shape: dic
         shapes = [o.shape for o in _outputs(reference(*(t.double() for t in tensors), **kwargs))]
     upstream = [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in shapes]
     try:
-        actual = _run(fn or getattr(module, op), tensors, kwargs, upstream)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        with module.force_launch(**(launches or {})):
+            actual = _run(fn or getattr(module, op), tensors, kwargs, upstream)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
     except Exception as exc:  # a kernel that does not compile or launch on this GPU fails its check
         return Check(op, **label, max_error=float("inf"), atol=atol, rtol=rtol, passed=False,
                      error=f"{type(exc).__name__}: {exc}"[:500])  # fmt: skip
@@ -188,7 +214,7 @@ def record(checks: Sequence[Check], key: str, path: Path | None = None) -> list[
     path = path or cache_dir() / RECORD_NAME
     ops = sorted(op for op in {c.op for c in checks} if all(c.passed for c in checks if c.op == op))
     data = _read(path)
-    data[key] = {"validated": ops, "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    data[key] = {"validated": ops, "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "checks": [dataclasses.asdict(c) for c in checks]}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -226,10 +252,13 @@ def validated_modules_for_current_device() -> frozenset[str]:
 
 
 def selftest(device: str | torch.device | None = None, dtypes: Sequence[torch.dtype] | None = None,
-             ops: Sequence[str] = KERNEL_OPS, save: bool = True, log: Callable[[str], None] | None = print
-             ) -> list[Check]:  # fmt: skip
-    """Run every check (``ops`` x ``dtypes``) on ``device`` (default: CUDA if available, else CPU, which needs
-    ``TRITON_INTERPRET=1``) and, on CUDA with ``save``, record the ops that passed all of theirs (module doc)."""
+             ops: Sequence[str] = KERNEL_OPS, save: bool = True, log: Callable[[str], None] | None = print,
+             every_launch: bool | None = None) -> list[Check]:  # fmt: skip
+    """Run every check (``ops`` x ``dtypes`` x shapes, and with ``every_launch`` x launch sets) on ``device``
+    (default: CUDA if available, else CPU, which needs ``TRITON_INTERPRET=1``) and, on CUDA with ``save``, record the
+    ops that passed all of theirs (module doc). ``every_launch`` (default: on CUDA) forces each launch set of
+    :func:`launch_sets` in turn; otherwise the kernels run as the launchers pick (the interpreter's one launch on
+    CPU)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the Triton kernels run on CPU only in the Triton interpreter: set TRITON_INTERPRET=1 "
@@ -240,12 +269,18 @@ def selftest(device: str | torch.device | None = None, dtypes: Sequence[torch.dt
     if unknown:
         raise ValueError(f"expected ops among {KERNEL_OPS}, got {sorted(unknown)}")
     dtypes = tuple(dtypes or (GPU_DTYPES if device.type == "cuda" else INTERPRETER_DTYPES))
+    every_launch = device.type == "cuda" if every_launch is None else every_launch
+    shapes = _GPU_SHAPES if device.type == "cuda" else _CPU_SHAPES
     checks = []
     for op in ops:
         for dtype in dtypes:
-            checks.append(check_op(op, dtype, device))
-            if log:
-                log(str(checks[-1]))
+            for shape in shapes[op]:
+                sets = launch_sets(op, shape, dtype) if every_launch else [None]
+                for i, launches in enumerate(sets):
+                    launch = f"set {i + 1} of {len(sets)}" if launches is not None else "autotuned"
+                    checks.append(check_op(op, dtype, device, shape, launches=launches, launch=launch))
+                    if log:
+                        log(str(checks[-1]))
     if device.type == "cuda" and save:
         key = fingerprint(device)
         kept = record(checks, key)
