@@ -292,14 +292,12 @@ def test_torch_compile_fullgraph_mixed_precision(device):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-def _candidate_sets(classes=("fp32", "16-bit")):
-    """Per dot class and padded bottleneck (16 shares 32's list), the i-th GPU launch candidate of each step (a step's
-    last for shorter lists), with the bottleneck r that runs in that block."""
-    for dot_class in classes:
-        for block_r, r in ((16, 12), (32, 24), (64, 48), (128, 96)):
-            steps = kernel._GPU_LAUNCH[dot_class][block_r]
-            for i in range(max(map(len, steps.values()))):
-                launches = {step: ls[min(i, len(ls) - 1)] for step, ls in steps.items()}
+def _candidate_sets():
+    """Per dot class and padded bottleneck (r = 12, 24, 48, 96 run in 16- to 128-wide blocks), the launch sets that
+    together hold every GPU candidate at D = 768 (``t_adapter.gpu_launch_sets``)."""
+    for dot_class, dtype in (("fp32", torch.float32), ("16-bit", torch.bfloat16)):
+        for r in (12, 24, 48, 96):
+            for i, launches in enumerate(kernel.gpu_launch_sets(r, 768, dtype)):
                 yield pytest.param(dot_class, r, launches, id=f"{dot_class}-r{r}-cand{i}")
 
 

@@ -149,14 +149,12 @@ def test_torch_compile_fullgraph_no_graph_breaks(device):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-def _candidate_sets(classes=("fp32", "16-bit")):
-    """Per dot class and padded head dim, the i-th GPU launch candidate of each step (a step's last for shorter lists),
-    with a head dim that runs masked in that block."""
-    for dot_class in classes:
-        for block_hd, hd in ((16, 12), (32, 24), (64, 48), (128, 80)):
-            steps = kernel._GPU_LAUNCH[dot_class][block_hd]
-            for i in range(max(map(len, steps.values()))):
-                launches = {step: ls[min(i, len(ls) - 1)] for step, ls in steps.items()}
+def _candidate_sets():
+    """Per dot class and padded head dim (hd = 12, 24, 48, 80 run masked in 16- to 128-wide blocks), the launch sets
+    that together hold every GPU candidate at M = 10 frames (``temporal_attention.gpu_launch_sets``)."""
+    for dot_class, dtype in (("fp32", torch.float32), ("16-bit", torch.bfloat16)):
+        for hd in (12, 24, 48, 80):
+            for i, launches in enumerate(kernel.gpu_launch_sets(10, hd, dtype)):
                 yield pytest.param(dot_class, hd, launches, id=f"{dot_class}-hd{hd}-cand{i}")
 
 
