@@ -158,11 +158,11 @@ def test_d_not_multiple_of_block(dtype, device):
 
 
 def _candidate_sets():
-    """Per padded bottleneck, the i-th GPU launch candidate of every step (a step's last for shorter lists)."""
-    for block_r, r in ((32, 24), (64, 48), (128, 96)):
-        steps = ava._GPU_LAUNCH[block_r]
-        for i in range(max(map(len, steps.values()))):
-            yield pytest.param(r, {step: ls[min(i, len(ls) - 1)] for step, ls in steps.items()}, id=f"r{r}-cand{i}")
+    """Per padded bottleneck (r = 24, 48, 96 in 32- to 128-wide blocks), the launch sets that together hold every GPU
+    candidate (``av_adapter.gpu_launch_sets``)."""
+    for r in (24, 48, 96):
+        for i, launches in enumerate(ava.gpu_launch_sets(r)):
+            yield pytest.param(r, launches, id=f"r{r}-cand{i}")
 
 
 @pytest.mark.parametrize("r,launches", list(_candidate_sets()))
