@@ -117,23 +117,24 @@ def _config(launch: _Launch, step: str) -> triton.Config:
     return triton.Config(meta, num_warps=launch.num_warps, num_stages=launch.num_stages)
 
 
-
 def launch_candidates(r: int, step: str) -> tuple[_Launch, ...]:
     """What the launcher of ``step`` may run for bottleneck ``r``: the forced launch, the interpreter's one launch,
     or the GPU candidates (the first only when autotuning is off)."""
     _OVERRIDES.check_step(step)
     block_r = _block_r(r)
-    if _OVERRIDES.get(step) is not None:
-        return (_OVERRIDES.get(step),)
+    forced = _OVERRIDES.get(step)
+    if forced is not None:
+        return (forced,)
     if _interpreting():
         return (_INTERPRETER_LAUNCH[block_r][step],)
     launches = _GPU_LAUNCH[block_r][step]
     return launches if autotune_enabled() else launches[:1]
 
 
-def gpu_launch_sets(r: int) -> list[dict[str, _Launch]]:
+def gpu_launch_sets(dtype: torch.dtype | None = None, *, r: int, **dims: int) -> list[dict[str, _Launch]]:
     """The launch sets (step -> launch, for ``force_launch``) that together hold every GPU candidate of bottleneck
-    ``r`` (:func:`stgcma_fast.kernels._common.launch_sets`): what a GPU check must run to cover the autotuner."""
+    ``r`` (:func:`stgcma_fast.kernels._common.launch_sets`): what a GPU check must run to cover the autotuner. The
+    candidates do not depend on ``dtype`` or the other ``dims`` (taken so that every kernel module is asked alike)."""
     return launch_sets(_GPU_LAUNCH[_block_r(r)])
 
 
@@ -148,7 +149,6 @@ def _pruner(step: str):
         return [_config(launch, step) for launch in launch_candidates(kwargs["BLOCK_R"], step)]
 
     return prune
-
 
 
 def _autotune(step: str, key: list[str]) -> dict:

@@ -131,14 +131,14 @@ def _block_r(r: int) -> int:
     return max(16, triton.next_power_of_2(r))
 
 
-
 def launch_candidates(step: str, r: int, dot_precision: str, D: int) -> tuple[_Launch, ...]:
     """What the kernel of ``step`` ("fwd", "bwd") may run for bottleneck ``r``, the kernels' ``DOT_PRECISION``
     ("ieee" for fp32 x) and width ``D``: the forced launch, the interpreter's one launch, or the GPU candidates whose D
     chunk is not wider than D needs (the first only when autotuning is off)."""
     _OVERRIDES.check_step(step)
-    if _OVERRIDES.get(step) is not None:
-        return (_OVERRIDES.get(step),)
+    forced = _OVERRIDES.get(step)
+    if forced is not None:
+        return (forced,)
     if _interpreted():
         return (_INTERPRETER_LAUNCH,)
     fit = _gpu_candidates(step, r, dot_precision, D)
@@ -152,9 +152,10 @@ def _gpu_candidates(step: str, r: int, dot_precision: str, D: int) -> tuple[_Lau
     return fit or (min(launches, key=lambda c: c.block_d),)
 
 
-def gpu_launch_sets(r: int, D: int, dtype: torch.dtype) -> list[dict[str, _Launch]]:
-    """The launch sets (step -> launch, for ``force_launch``) that together hold every GPU candidate for bottleneck
-    ``r``, width ``D`` and x of ``dtype`` (:func:`stgcma_fast.kernels._common.launch_sets`)."""
+def gpu_launch_sets(dtype: torch.dtype, *, r: int, D: int, **dims: int) -> list[dict[str, _Launch]]:
+    """The launch sets (step -> launch, for ``force_launch``) that together hold every GPU candidate for x of
+    ``dtype``, bottleneck ``r`` and width ``D`` (:func:`stgcma_fast.kernels._common.launch_sets`); other ``dims``
+    (the row count) do not matter."""
     prec = ieee_dot_precision(dtype)
     return launch_sets({step: _gpu_candidates(step, r, prec, D) for step in _STEPS})
 

@@ -120,7 +120,6 @@ def _dot_class(dot_precision: str) -> str:
     return "fp32" if dot_precision == "ieee" else "16-bit"
 
 
-
 def launch_candidates(step: str, M: int, N: int, hd: int, dot_precision: str) -> tuple[_Launch, ...]:
     """What the kernel of ``step`` ("fwd", "bwd") may run for M frames, N tokens, head dim ``hd`` and the kernels'
     ``DOT_PRECISION`` ("ieee" for fp32 qkv): the forced launch, the interpreter's one launch, or the GPU candidates
@@ -147,9 +146,10 @@ def _gpu_candidates(step: str, M: int, hd: int, dot_precision: str) -> tuple[_La
     return tuple(c for c in launches if c.rows >= block_m) or (_Launch(max(16, block_m), 8),)
 
 
-def gpu_launch_sets(M: int, hd: int, dtype: torch.dtype) -> list[dict[str, _Launch]]:
-    """The launch sets (step -> launch, for ``force_launch``) that together hold every GPU candidate for M frames,
-    head dim ``hd`` and qkv of ``dtype`` (:func:`stgcma_fast.kernels._common.launch_sets`)."""
+def gpu_launch_sets(dtype: torch.dtype, *, M: int, hd: int, **dims: int) -> list[dict[str, _Launch]]:
+    """The launch sets (step -> launch, for ``force_launch``) that together hold every GPU candidate for qkv of
+    ``dtype``, M frames and head dim ``hd`` (:func:`stgcma_fast.kernels._common.launch_sets`); other ``dims`` (B, N,
+    H) do not matter."""
     prec = ieee_dot_precision(dtype)
     return launch_sets({step: _gpu_candidates(step, M, hd, prec) for step in _STEPS})
 

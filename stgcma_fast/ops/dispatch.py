@@ -141,7 +141,7 @@ class Dispatcher:
             if reason is None:
                 # Recorded in eager calls only: a traced mutation would be a side effect torch.compile refuses inside
                 # a recomputed (checkpointed) segment; the traced choice is the eager one for the same inputs.
-                if self.last.get(op) != backend.name and not torch.compiler.is_compiling():
+                if not torch.compiler.is_compiling():
                     self.last[op] = backend.name
                 return backend
             reasons.append(f"{backend.name}: {reason}")

@@ -120,12 +120,7 @@ def _run(fn: Callable[..., Any], tensors: Sequence[torch.Tensor], kwargs: dict[s
 
 def launch_sets(op: str, shape: dict[str, int], dtype: torch.dtype) -> list[dict[str, Any]]:
     """The kernel module's launch sets that together hold every GPU autotune candidate for ``shape`` and ``dtype``."""
-    module = importlib.import_module(KERNEL_MODULES[op])
-    if op == "av_adapter":
-        return module.gpu_launch_sets(shape["r"])
-    if op == "t_adapter":
-        return module.gpu_launch_sets(shape["r"], shape["D"], dtype)
-    return module.gpu_launch_sets(shape["M"], shape["hd"], dtype)
+    return importlib.import_module(KERNEL_MODULES[op]).gpu_launch_sets(dtype, **shape)
 
 
 def check_op(op: str, dtype: torch.dtype, device: str | torch.device, shape: dict[str, int] | None = None,

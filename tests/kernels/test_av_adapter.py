@@ -161,7 +161,7 @@ def _candidate_sets():
     """Per padded bottleneck (r = 24, 48, 96 in 32- to 128-wide blocks), the launch sets that together hold every GPU
     candidate (``av_adapter.gpu_launch_sets``)."""
     for r in (24, 48, 96):
-        for i, launches in enumerate(ava.gpu_launch_sets(r)):
+        for i, launches in enumerate(ava.gpu_launch_sets(r=r)):
             yield pytest.param(r, launches, id=f"r{r}-cand{i}")
 
 

@@ -297,7 +297,7 @@ def _candidate_sets():
     together hold every GPU candidate at D = 768 (``t_adapter.gpu_launch_sets``)."""
     for dot_class, dtype in (("fp32", torch.float32), ("16-bit", torch.bfloat16)):
         for r in (12, 24, 48, 96):
-            for i, launches in enumerate(kernel.gpu_launch_sets(r, 768, dtype)):
+            for i, launches in enumerate(kernel.gpu_launch_sets(dtype, r=r, D=768)):
                 yield pytest.param(dot_class, r, launches, id=f"{dot_class}-r{r}-cand{i}")
 
 

@@ -154,7 +154,7 @@ def _candidate_sets():
     that together hold every GPU candidate at M = 10 frames (``temporal_attention.gpu_launch_sets``)."""
     for dot_class, dtype in (("fp32", torch.float32), ("16-bit", torch.bfloat16)):
         for hd in (12, 24, 48, 80):
-            for i, launches in enumerate(kernel.gpu_launch_sets(10, hd, dtype)):
+            for i, launches in enumerate(kernel.gpu_launch_sets(dtype, M=10, hd=hd)):
                 yield pytest.param(dot_class, hd, launches, id=f"{dot_class}-hd{hd}-cand{i}")
 
 
