@@ -28,8 +28,9 @@ def device_name() -> str:
     return torch.cuda.get_device_name() if HAS_CUDA else "cpu"
 
 
-def peak_tflops() -> float | None:
-    name = device_name()
+def peak_tflops(name: str | None = None) -> float | None:
+    """Dense bf16 tensor-core peak of the device called ``name`` (default: this machine's), None if unknown."""
+    name = device_name() if name is None else name
     for fragment, peak in PEAK_BF16_TFLOPS.items():
         if fragment in name:
             return peak

@@ -17,6 +17,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from .common import peak_tflops
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
@@ -140,30 +142,105 @@ def memory_table(data: dict) -> str:
     return "\n".join(out)
 
 
-def kernel_table(data: dict) -> str:
-    """Median time, GB/s and share of the measured copy bandwidth, TFLOP/s (where the case counts FLOPs) per op,
-    shape, mode and provider."""
-    copy_bw = data["machine_info"].get("copy_bandwidth_gbps")
+def _rates(data: dict) -> tuple[float | None, float | None]:
+    """(bytes/s, FLOP/s) of the result's device: its measured copy bandwidth and its datasheet bf16 peak."""
+    mi = data["machine_info"]
+    bw = mi.get("copy_bandwidth_gbps")
+    peak = peak_tflops(mi.get("device", "cpu"))
+    return (bw * 1e9 if bw else None), (peak * 1e12 if peak else None)
+
+
+def floor_seconds(info: dict, bandwidth: float | None, flop_rate: float | None) -> float | None:
+    """The floor time of a kernel case on the result's device: each op of its fused run (``floor_ops``: [bytes,
+    FLOPs] per op, recorded by bench/test_kernels.py from bench.roofline) at max(bytes / bandwidth, FLOPs / peak);
+    None without the ops or a bandwidth (no FLOP term on a device without a known peak)."""
+    ops = info.get("floor_ops")
+    if not ops or not bandwidth:
+        return None
+    return sum(max(b / bandwidth, f / flop_rate if flop_rate else 0.0) for b, f in ops)
+
+
+def _kernel_rows(data: dict) -> dict[tuple, dict[str, dict]]:
     rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
         if "op" in info:
             rows[(info["op"], info["shape"], info["mode"])][info["provider"]] = info
+    return rows
+
+
+def kernel_table(data: dict) -> str:
+    """Median time, GB/s and share of the measured copy bandwidth, TFLOP/s, share of the case's floor (the fused
+    op's traffic at the measured bandwidth and the datasheet peak) per op, shape, mode and provider."""
+    copy_bw = data["machine_info"].get("copy_bandwidth_gbps")
+    bandwidth, flop_rate = _rates(data)
+    rows = _kernel_rows(data)
     if not rows:
         return ""
-    out = ["| op | shape | mode | provider | median ms | GB/s | % of copy bandwidth | TFLOP/s | "
+    out = ["| op | shape | mode | provider | median ms | GB/s | % of copy bandwidth | TFLOP/s | % of floor | "
            "speed-up vs eager/SDPA |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(rows):
         p = rows[key]
         base = p.get("eager") or p.get("sdpa")
         for provider, info in sorted(p.items()):
             speedup = base["median_s"] / info["median_s"] if base else None
             share = 100 * info["gbps"] / copy_bw if copy_bw and "gbps" in info else None
+            floor = floor_seconds(info, bandwidth, flop_rate)
             out.append(f"| {key[0]} | {key[1]} | {key[2]} | {provider} | {1e3 * info['median_s']:.3f} | "
                        f"{_fmt(info.get('gbps'), '.1f')} | {_fmt(share, '.1f')} | {_fmt(info.get('tflops'), '.3g')} | "
+                       f"{_fmt(None if floor is None else 100 * floor / info['median_s'], '.1f')} | "
                        f"{_fmt(speedup, '.2f', 'x')} |")
     return "\n".join(out)
+
+
+# The kernels issue's targets (ViT-B/16 shapes, bf16): (label, (op, shape, mode) or model case, measure, goal).
+TARGETS = (
+    ("AV-Adapter forward: share of the measured copy bandwidth", ("av_adapter", "vit-b16", "fwd"), "bandwidth", 0.7),
+    ("AV-Adapter forward vs the eager op chain", ("av_adapter", "vit-b16", "fwd"), "eager", 3.0),
+    ("Temporal attention forward vs SDPA with permutes", ("temporal_attention", "vit-b16", "fwd"), "sdpa", 2.0),
+    ("Temporal attention fwd+bwd vs SDPA with permutes", ("temporal_attention", "vit-b16", "fwd+bwd"), "sdpa", 2.0),
+    ("Training step vs the eager reference", ("clip-b16-base", "train", 8, 10), "model", 2.0),
+)
+
+
+def targets_table(data: dict) -> str:
+    """Each target: goal, measured, whether it is met, and the most the hardware allows: for a speed-up the
+    measured baseline over the fused op's floor, for the bandwidth share the share at the floor (below 100% where
+    the op is compute-bound). Empty when the result measures none of them (a CPU run of the tiny cases)."""
+    bandwidth, flop_rate = _rates(data)
+    kernels = _kernel_rows(data)
+    models: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for b in data["benchmarks"]:
+        info = b.get("extra_info", {})
+        if "clips_per_s" in info and "preset" in info:
+            models[(info["preset"], info["mode"], info["batch"], info.get("frames"))][info["provider"]] = info
+    out = ["| target | case | goal | measured | met | most the hardware allows |", "|---|---|---|---|---|---|"]
+    any_measured = False
+    for label, case, measure, goal in TARGETS:
+        measured = ceiling = None
+        if measure == "model":
+            p = models.get(case, {})
+            best = max((p[n]["clips_per_s"] for n in FAST_PROVIDERS if n in p), default=None)
+            if best and "reference" in p:
+                measured = best / p["reference"]["clips_per_s"]
+        else:
+            p = kernels.get(case, {})
+            fused = p.get("triton")
+            floor = floor_seconds(fused, bandwidth, flop_rate) if fused else None
+            if measure == "bandwidth" and fused and bandwidth and "gbps" in fused:
+                measured = fused["gbps"] * 1e9 / bandwidth
+                ceiling = None if floor is None else fused["gbps"] * fused["median_s"] * 1e9 / bandwidth / floor
+            elif measure != "bandwidth" and fused and measure in p:
+                measured = p[measure]["median_s"] / fused["median_s"]
+                ceiling = None if floor is None else p[measure]["median_s"] / floor
+        any_measured |= measured is not None
+        pct = measure == "bandwidth"
+        fmt = (lambda x: _fmt(None if x is None else 100 * x, ".0f", "%")) if pct else (lambda x: _fmt(x, ".2f", "x"))
+        met = "-" if measured is None else ("yes" if measured >= goal else "no")
+        where = " ".join(str(c) for c in case)
+        out.append(f"| {label} | {where} | >= {fmt(goal)} | {fmt(measured)} | {met} | {fmt(ceiling)} |")
+    return "\n".join(out) if any_measured else ""
 
 
 def pipeline_table(data: dict) -> str:
@@ -191,7 +268,8 @@ def render(data: dict, source: str) -> str:
             f"triton {versions.get('triton', '?')}, xformers {versions.get('xformers', '?')}; measured copy "
             f"bandwidth {_fmt(mi.get('copy_bandwidth_gbps'), '.0f')} GB/s; source `{source}`.")
     parts = [head]
-    for title, table in (("Model", model_table(data)), ("Memory options", memory_table(data)),
+    for title, table in (("Targets", targets_table(data)), ("Model", model_table(data)),
+                         ("Memory options", memory_table(data)),
                          ("Kernels", kernel_table(data)),
                          ("Input pipeline", pipeline_table(data))):
         if table:
@@ -225,13 +303,14 @@ def plot(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def update_readme(block: str, readme: Path = README) -> None:
+def update_readme(block: str, readme: Path = README, start: str = START, end: str = END) -> None:
+    """Replace what stands between the ``start`` and ``end`` markers of ``readme`` with ``block``."""
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme} has no {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{block}\n{end}{tail}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,7 +56,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch.utils.flop_counter import register_flop_formula
 
+from stgcma_fast.flops import av_adapter_flops
 from stgcma_fast.kernels._common import LaunchOverrides, acc_dtypes, autotune_enabled, launch_sets, quick_bench
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -951,6 +953,20 @@ def _backward(ctx, dout_v, dout_a, *_aux_grads):
 
 
 _av_adapter_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.stgcma_fast.av_adapter)
+def _(u_v, u_a, x_v, x_a, w_down_v, *args, out_shape=None, **kwargs) -> int:
+    a2v, v2a = args[9:11]  # after b_down_v ... beta
+    G, N_v, D = u_v
+    return av_adapter_flops(G, N_v, u_a[1], D, w_down_v[0], int(a2v) + int(v2a))
+
+
+@register_flop_formula(torch.ops.stgcma_fast.av_adapter_backward)
+def _(dout_v, dout_a, u_v, u_a, w_down_v, *args, out_shape=None, **kwargs) -> int:
+    a2v, v2a = args[15:17]  # after b_down_v ... lse_a
+    G, N_v, D = dout_v
+    return av_adapter_flops(G, N_v, dout_a[1], D, w_down_v[0], int(a2v) + int(v2a), backward=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch.utils.flop_counter import register_flop_formula
 
+from stgcma_fast.flops import t_adapter_flops
 from stgcma_fast.kernels._common import (
     LaunchOverrides,
     acc_dtypes,
@@ -540,6 +542,16 @@ def _backward(ctx, grad_out, _grad_pre):
 
 
 _t_adapter_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.stgcma_fast.t_adapter)
+def _(x, residual, w_down, *args, out_shape=None, **kwargs) -> int:
+    return t_adapter_flops(x[0], x[1], w_down[0])
+
+
+@register_flop_formula(torch.ops.stgcma_fast.t_adapter_backward)
+def _(grad_out, pre, w_down, *args, out_shape=None, **kwargs) -> int:
+    return t_adapter_flops(grad_out[0], grad_out[1], w_down[0])
 
 
 def t_adapter(

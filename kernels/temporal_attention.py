@@ -29,7 +29,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from torch.utils.flop_counter import register_flop_formula
 
+from stgcma_fast.flops import temporal_attention_flops
 from stgcma_fast.kernels._common import (
     LaunchOverrides,
     acc_dtypes,
@@ -433,6 +435,18 @@ def _backward(ctx, grad_out, _grad_lse):
 
 
 _temporal_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.stgcma_fast.temporal_attention)
+def _(qkv, *args, out_shape=None, **kwargs) -> int:
+    B, M, N, C3 = qkv
+    return temporal_attention_flops(B, M, N, C3 // 3)
+
+
+@register_flop_formula(torch.ops.stgcma_fast.temporal_attention_backward)
+def _(grad_out, qkv, *args, out_shape=None, **kwargs) -> int:
+    B, M, N, C3 = qkv
+    return temporal_attention_flops(B, M, N, C3 // 3, backward=True)
 
 
 def temporal_attention(

@@ -77,3 +77,30 @@ def stgcma_flops(model) -> FlopCount:
         per_stage = directions * 4 * M * model.num_video_tokens * model.num_audio_tokens * r
         adapters += L * per_stage * sum(s in cfg.stages for s in ("spatial", "global"))
     return FlopCount(embed=embed, frozen_gemm=frozen, attention=attention, adapters=adapters)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-op counts of the fused kernels (registered with torch.utils.flop_counter by the kernel modules), same
+# conventions: a weight GEMM's backward is two GEMMs (input and weight gradients); an attention backward counts
+# 2.5x its forward, as torch counts its fused SDPA backward (the scores are recomputed, then four GEMMs).
+ATTENTION_BACKWARD = 2.5
+
+
+def t_adapter_flops(rows: int, D: int, r: int) -> int:
+    """Down- and up-projection of ``rows`` rows; its backward op costs the same: two input-gradient GEMMs (the weight
+    gradients are torch GEMMs outside the op, which torch counts)."""
+    return 4 * rows * D * r
+
+
+def av_adapter_flops(G: int, N_v: int, N_a: int, D: int, r: int, directions: int, backward: bool = False) -> int:
+    """Both modalities' projections and the cross attention of ``directions`` (0-2) enabled directions over G frames;
+    backward: input and weight gradients of the projections and the attention backward, all inside the op."""
+    projections = 4 * G * (N_v + N_a) * D * r
+    attention = 4 * G * N_v * N_a * r * directions
+    return int(2 * projections + ATTENTION_BACKWARD * attention) if backward else projections + attention
+
+
+def temporal_attention_flops(B: int, M: int, N: int, D: int, backward: bool = False) -> int:
+    """Attention over M frames for each of the B * N tokens and all heads (D = heads x head dim)."""
+    forward = 4 * B * N * M * M * D
+    return int(ATTENTION_BACKWARD * forward) if backward else forward

@@ -17,16 +17,16 @@ def _result(device: str = "NVIDIA H100 80GB HBM3") -> dict:
             info["mfu"] = mfu
         return {"name": provider, "extra_info": info}
 
-    def kernel(provider, median, gbps):
+    def kernel(provider, median, gbps):  # the case's floor: 2.4 GB, 0.8 ms at the copy bandwidth of 3000 GB/s
         return {"name": provider, "extra_info": dict(op="av_adapter", shape="vit-b16", mode="fwd", provider=provider,
-                                                     median_s=median, gbps=gbps)}
+                                                     median_s=median, gbps=gbps, floor_ops=[[2.4e9, 1e9]])}
 
     return {
         "machine_info": {"device": device, "git_commit": "abc123", "copy_bandwidth_gbps": 3000.0,
                          "versions": {"torch": "2.14.1", "triton": "3.8.0", "xformers": "0.0.35"}},
         "benchmarks": [model("reference", 10.0, 4000), model("reference-compile", 16.0, 3500),
-                       model("fast", 24.0, 2500, mfu=0.41), kernel("eager", 3e-3, 500.0),
-                       kernel("triton", 1e-3, 1500.0),
+                       model("fast", 24.0, 2500, mfu=0.41), kernel("eager", 3e-3, 800.0),
+                       kernel("triton", 1e-3, 2400.0),
                        {"name": "a", "extra_info": dict(stage="audio_front_end", setting="vit", provider="batched",
                                                         clips_per_s=120.0)},
                        {"name": "b", "extra_info": dict(stage="audio_front_end", setting="vit",
@@ -42,7 +42,9 @@ def test_tables_compute_speedups_and_bandwidth_share(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| clip-b16-base | train"))
     assert "| 2.40x | 1.50x | 41.0% | 4000 -> 2500 | - |" in row
     triton = next(line for line in text.splitlines() if "| triton |" in line)
-    assert "| 1.000 | 1500.0 | 50.0 | - | 3.00x |" in triton
+    assert "| 1.000 | 2400.0 | 80.0 | - | 80.0 | 3.00x |" in triton  # % of floor: 0.8 ms of 1 ms
+    eager = next(line for line in text.splitlines() if "| eager |" in line)
+    assert "| 3.000 | 800.0 | 26.7 | - | 26.7 | 1.00x |" in eager
     assert "| audio_front_end | vit | batched | 120.00 | 15.00x |" in text
 
 
@@ -118,3 +120,25 @@ def test_memory_table_compares_options_with_fast_and_reference():
     assert "| fast-recompute-ffn | 18.00 | 0.90x | 2600 | 0.65x | 1950.0 | 0.65x |" in table
     assert "**Memory options**" in report.render(data, "x.json")
     assert report.memory_table(_result()) == ""  # no memory options measured: no table
+
+
+def test_targets_table_states_goal_measured_and_what_the_floor_allows():
+    table = report.targets_table(_result())
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
+    assert rows["AV-Adapter forward: share of the measured copy bandwidth"].endswith(
+        "| av_adapter vit-b16 fwd | >= 70% | 80% | yes | 100% |")
+    # 3 ms eager over the 1 ms fused kernel; 3 ms over the fused floor of 0.8 ms is the most any kernel could gain
+    assert rows["AV-Adapter forward vs the eager op chain"].endswith("| >= 3.00x | 3.00x | yes | 3.75x |")
+    assert rows["Temporal attention forward vs SDPA with permutes"].endswith(
+        "| temporal_attention vit-b16 fwd | >= 2.00x | - | - | - |")
+    assert rows["Training step vs the eager reference"].endswith(
+        "| clip-b16-base train 8 10 | >= 2.00x | 2.40x | yes | - |")
+    assert "**Targets**" in report.render(_result(), "r.json")
+    # a FLOP term counts where the device's peak is known: 1 GFLOP at 989 TFLOP/s is far below 0.8 ms
+    info = _result()["benchmarks"][-3]["extra_info"]
+    assert report.floor_seconds(info, 3e12, 989e12) == pytest.approx(0.8e-3)
+    assert report.floor_seconds(info, 3e12, 1e12) == pytest.approx(1e-3)  # compute-bound at 1 TFLOP/s
+    assert report.floor_seconds({**info, "floor_ops": None}, 3e12, 1e12) is None
+    cpu = {**_result("cpu"), "benchmarks": [b for b in _result()["benchmarks"] if "op" not in b["extra_info"]]}
+    cpu["benchmarks"] = [b for b in cpu["benchmarks"] if b["extra_info"].get("preset") is None]
+    assert report.targets_table(cpu) == ""  # nothing measured: no table

@@ -64,10 +64,14 @@ def av_adapter(
     h_v = F.gelu(F.linear(u_v, w_down_v, b_down_v))
     h_a = F.gelu(F.linear(u_a, w_down_a, b_down_a))
     hv_new, ha_new = h_v, h_a
-    if a2v:  # SDPA with scale=1 is exactly softmax(q k^T) v, computed max-subtracted
-        hv_new = h_v + alpha.to(h_v.dtype) * F.scaled_dot_product_attention(h_v, h_a, h_a, scale=1.0)
+    # SDPA with scale=1 is exactly softmax(q k^T) v, computed max-subtracted. Its operands get a head axis of size 1
+    # (a view): the fused CUDA kernels take 4-D inputs only, a 3-D call would run the math path, which writes the
+    # N_v x N_a scores and probabilities to memory.
+    q_v, q_a = h_v.unsqueeze(-3), h_a.unsqueeze(-3)
+    if a2v:
+        hv_new = h_v + alpha.to(h_v.dtype) * F.scaled_dot_product_attention(q_v, q_a, q_a, scale=1.0).squeeze(-3)
     if v2a:
-        ha_new = h_a + beta.to(h_a.dtype) * F.scaled_dot_product_attention(h_a, h_v, h_v, scale=1.0)
+        ha_new = h_a + beta.to(h_a.dtype) * F.scaled_dot_product_attention(q_a, q_v, q_v, scale=1.0).squeeze(-3)
     out_v = x_v + u_v + F.linear(hv_new, w_up_v, b_up_v)
     out_a = x_a + u_a + F.linear(ha_new, w_up_a, b_up_a)
     return out_v, out_a

@@ -1,0 +1,162 @@
+"""What the hardware allows: memory traffic, FLOPs and floor time of every kernel case and of a model forward pass,
+counted on fake tensors (:mod:`stgcma_fast.roofline`), so it runs on any machine, no GPU needed.
+
+    python -m bench.roofline                  # tables to stdout, at the H100 SXM datasheet figures
+    python -m bench.roofline --update-readme  # rewrite the README block between the roofline markers
+
+For each kernel case it compares the fused op with the op chain it replaces (the torch backend: the eager chain, or
+SDPA with its permute copies): at equal efficiency (the same share of bandwidth and tensor-core rate in every op)
+the speed-up is the ratio of their floors; a measured baseline divided by the fused floor is the most any kernel
+could gain over it. bench.report uses the floors recorded with each kernel benchmark to show how far a measured
+kernel is from its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from stgcma_fast import FastSTGCMA, ReferenceSTGCMA, STGCMAConfig
+from stgcma_fast.ops import torch_ops
+from stgcma_fast.ops.dispatch import REGISTRY
+from stgcma_fast.roofline import Traffic, TrafficCounter, model_forward_traffic
+
+from . import report
+from .cases import MODES, OPS, SHAPES, kernel_args
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+START, END = "<!-- roofline:start -->", "<!-- roofline:end -->"
+# NVIDIA H100 SXM5 datasheet: HBM3 3.35 TB/s, dense BF16 tensor cores 989.4 TFLOP/s (1979 with sparsity).
+DATASHEET = ("H100 SXM (datasheet)", 3.35e12, 989.4e12)
+BANDWIDTH_GOAL = 0.7  # the AV-Adapter forward's bandwidth target (share of measured HBM bandwidth)
+MODEL_PRESETS = ("clip-b16-base", "clip-l14-base")
+MODEL_BATCH = 8
+TRITON_BACKENDS = {op: "triton" for op, backends in REGISTRY.items() if any(b.name == "triton" for b in backends)}
+MODEL_PROVIDERS = {"reference": (ReferenceSTGCMA, {}), "fast": (FastSTGCMA, {}),
+                   "fast-triton": (FastSTGCMA, {"backends": TRITON_BACKENDS})}
+
+
+def _fused(op: str):
+    return getattr(importlib.import_module(f"stgcma_fast.kernels.{op}"), op)
+
+
+@functools.cache
+def kernel_traffic(op: str, shape: str, mode: str, provider: str, dtype: torch.dtype = torch.bfloat16) -> Traffic:
+    """Traffic of one call of the kernel case: ``provider`` "fused" (the Triton op; the T-Adapter's weight-gradient
+    GEMMs, which run in torch, included) or "torch" (the torch backend: the eager op chain, SDPA for attention).
+    "fwd+bwd" adds the backward into every input from a given output gradient."""
+    fn = _fused(op) if provider == "fused" else getattr(torch_ops, op)
+    grad = mode == "fwd+bwd"
+    with FakeTensorMode():
+        args = kernel_args(op, SHAPES[shape], lambda *s: torch.empty(s, dtype=dtype, requires_grad=grad))
+        inputs = [a for a in args if isinstance(a, torch.Tensor)]
+        with TrafficCounter() as counter:
+            out = fn(*args)
+            if grad:
+                outs = out if isinstance(out, tuple) else (out,)
+                torch.autograd.grad(outs, inputs, [torch.empty_like(o) for o in outs])
+    return counter.traffic
+
+
+def kernel_floor(op: str, shape: str, mode: str, dtype: torch.dtype) -> Traffic:
+    """The traffic floor of a kernel case: its fused op's."""
+    return kernel_traffic(op, shape, mode, "fused", dtype)
+
+
+@functools.cache
+def model_traffic(preset: str, provider: str, batch: int = MODEL_BATCH) -> Traffic:
+    """One bf16-autocast forward pass (inference) of ``batch`` clips, as on a CUDA GPU."""
+    cls, kwargs = MODEL_PROVIDERS[provider]
+    return model_forward_traffic(cls, STGCMAConfig.preset(preset), batch, **kwargs)
+
+
+def _baseline(op: str) -> str:
+    return "sdpa + permutes" if op == "temporal_attention" else "eager chain"
+
+
+def kernel_table(bandwidth: float, flop_rate: float) -> str:
+    out = ["| op | shape | mode | provider | launches | MB moved | GFLOP | FLOP/byte | floor µs | "
+           f"TFLOP/s needed at {BANDWIDTH_GOAL:.0%} of bandwidth | fused speed-up at equal efficiency |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for op in OPS:
+        for shape, dims in SHAPES.items():
+            if not dims["gpu"]:
+                continue
+            for mode in MODES:
+                base = kernel_traffic(op, shape, mode, "torch")
+                fused = kernel_traffic(op, shape, mode, "fused")
+                for name, t in ((_baseline(op), base), ("fused", fused)):
+                    needed = BANDWIDTH_GOAL * bandwidth * t.flops / t.bytes / 1e12
+                    ratio = base.seconds(bandwidth, flop_rate) / fused.seconds(bandwidth, flop_rate)
+                    out.append(f"| {op} | {shape} | {mode} | {name} | {t.launches} | {t.bytes / 1e6:.1f} | "
+                               f"{t.flops / 1e9:.2f} | {t.flops / t.bytes:.1f} | "
+                               f"{1e6 * t.seconds(bandwidth, flop_rate):.1f} | "
+                               f"{needed:.0f} | {f'{ratio:.2f}x' if name == 'fused' else '-'} |")
+    return "\n".join(out)
+
+
+def model_table(bandwidth: float, flop_rate: float) -> str:
+    out = [f"| preset | provider | launches | GB moved | TFLOP | floor ms (batch {MODEL_BATCH}) | GEMM-only ms | "
+           "floor vs reference |", "|---|---|---|---|---|---|---|---|"]
+    for preset in MODEL_PRESETS:
+        ref = model_traffic(preset, "reference").seconds(bandwidth, flop_rate)
+        for provider in MODEL_PROVIDERS:
+            t = model_traffic(preset, provider)
+            floor = t.seconds(bandwidth, flop_rate)
+            out.append(f"| {preset} | {provider} | {t.launches} | {t.bytes / 1e9:.1f} | {t.flops / 1e12:.2f} | "
+                       f"{1e3 * floor:.2f} | {1e3 * t.flops / flop_rate:.2f} | {ref / floor:.2f}x |")
+    return "\n".join(out)
+
+
+def where_table(bandwidth: float, flop_rate: float, preset: str = MODEL_PRESETS[0], top: int = 8) -> str:
+    """The ops that take most of the fast-triton forward floor."""
+    t = model_traffic(preset, "fast-triton")
+    total = t.seconds(bandwidth, flop_rate)
+    per_op: dict[str, list[float]] = {}
+    for op in t.ops:
+        entry = per_op.setdefault(op.name, [0, 0.0, 0.0])
+        entry[0] += 1
+        entry[1] += op.bytes
+        entry[2] += op.seconds(bandwidth, flop_rate)
+    rows = sorted(per_op.items(), key=lambda kv: -kv[1][2])[:top]
+    out = ["| op | launches | GB moved | floor ms | share of the floor |", "|---|---|---|---|---|"]
+    for name, (n, nbytes, secs) in rows:
+        out.append(f"| {name} | {n} | {nbytes / 1e9:.2f} | {1e3 * secs:.2f} | {secs / total:.0%} |")
+    return "\n".join(out)
+
+
+def render(device: tuple[str, float, float] = DATASHEET) -> str:
+    name, bandwidth, flop_rate = device
+    return "\n\n".join([
+        f"Counted by `python -m bench.roofline` on fake tensors (no GPU); floor times at the {name} figures: "
+        f"{bandwidth / 1e12:.2f} TB/s, {flop_rate / 1e12:.0f} TFLOP/s bf16. Each op reads its inputs and writes its "
+        "outputs once; a fused op counts its inputs and outputs only.",
+        "**Kernels** (bf16; fwd+bwd includes the backward into every input)",
+        kernel_table(bandwidth, flop_rate),
+        f"**Model forward** (bf16 autocast, inference, {MODEL_BATCH} clips of 10 frames + 10 audio segments)",
+        model_table(bandwidth, flop_rate),
+        f"**Where the fast-triton forward floor goes** ({MODEL_PRESETS[0]})",
+        where_table(bandwidth, flop_rate),
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--update-readme", action="store_true", help="rewrite the README's roofline block")
+    args = parser.parse_args(argv)
+    text = render()
+    print(text)
+    if args.update_readme:
+        report.update_readme(text, README, START, END)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
