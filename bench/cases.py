@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-OPS = ("av_adapter", "t_adapter", "temporal_attention")
+OPS = ("av_adapter", "t_adapter", "temporal_attention", "quick_gelu", "layer_norm")
 MODES = ("fwd", "fwd+bwd")
 # name -> dims; GPU shapes use batch 8 clips of 10 frames (G = 80 frames).
 SHAPES = {
@@ -18,9 +18,10 @@ SHAPES = {
 }
 
 
-def kernel_args(op: str, d: dict, make: Callable[..., torch.Tensor]) -> tuple:
-    """The arguments of ``op`` (the signature of :mod:`stgcma_fast.ops.torch_ops`) at dims ``d``; ``make(*shape)``
-    makes each tensor."""
+def kernel_args(op: str, d: dict, make: Callable[..., torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> tuple:
+    """The arguments of ``op`` (the signature of :mod:`stgcma_fast.ops.torch_ops`) at dims ``d`` for compute dtype
+    ``dtype``; ``make(*shape, dtype=None, grad=None)`` makes each tensor (by default in the case's dtype, requiring
+    grad as the case does)."""
     G, D = d["B"] * d["M"], d["D"]
     if op == "av_adapter":
         r = d["r"]
@@ -32,6 +33,12 @@ def kernel_args(op: str, d: dict, make: Callable[..., torch.Tensor]) -> tuple:
         return make(R, D), make(R, D), make(r, D), make(r), make(D, r), make(D)
     if op == "temporal_attention":
         return make(d["B"], d["M"], d["Nv"], 3 * D), d["H"], (D // d["H"]) ** -0.5
+    if op == "quick_gelu":  # the video FFN's hidden: 4D wide
+        return (make(G * d["Nv"], 4 * D),)
+    if op == "layer_norm":  # as under autocast: the fp32 residual stream and frozen fp32 affine, output in dtype
+        f32 = torch.float32
+        return make(G * d["Nv"], D, dtype=f32), make(D, dtype=f32, grad=False), make(D, dtype=f32, grad=False), \
+            1e-5, dtype
     raise ValueError(f"unknown op {op!r}; expected one of {OPS}")
 
 

@@ -54,8 +54,11 @@ def kernel_traffic(op: str, shape: str, mode: str, provider: str, dtype: torch.d
     fn = _fused(op) if provider == "fused" else getattr(torch_ops, op)
     grad = mode == "fwd+bwd"
     with FakeTensorMode():
-        args = kernel_args(op, SHAPES[shape], lambda *s: torch.empty(s, dtype=dtype, requires_grad=grad))
-        inputs = [a for a in args if isinstance(a, torch.Tensor)]
+        def make(*s, dtype=dtype, grad=grad):
+            return torch.empty(s, dtype=dtype, requires_grad=grad)
+
+        args = kernel_args(op, SHAPES[shape], make, dtype)
+        inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
         with TrafficCounter() as counter:
             out = fn(*args)
             if grad:

@@ -1,6 +1,7 @@
-"""Kernel benchmarks: each STG-CMA op on each provider (fused Triton, eager torch chain, torch.compile of that
-chain, xformers / SDPA for attention), forward and forward+backward, at CLIP ViT-B/16, ViT-L/14 and a Swin-like
-shape on a GPU, and at a tiny shape on CPU only (where only the harness is exercised).
+"""Kernel benchmarks: each STG-CMA op (and the frozen LayerNorm and QuickGELU) on each provider (fused Triton,
+eager torch chain, torch.compile of that chain, xformers / SDPA for attention), forward and forward+backward, at
+CLIP ViT-B/16, ViT-L/14 and a Swin-like shape on a GPU, and at a tiny shape on CPU only (where only the harness is
+exercised).
 
 Bytes and FLOPs of each case are those of its fused (Triton) run, counted op by op on fake tensors by
 bench.roofline (its inputs and outputs, and for fwd+bwd the backward's: the floor any implementation pays). They
@@ -91,12 +92,29 @@ def test_temporal_attention(benchmark, shape, provider, mode):
     _bench(benchmark, "temporal_attention", shape, provider, mode)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", ["triton", "eager", "compile"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_quick_gelu(benchmark, shape, provider, mode):
+    _bench(benchmark, "quick_gelu", shape, provider, mode)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", ["triton", "eager", "compile"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_layer_norm(benchmark, shape, provider, mode):
+    _bench(benchmark, "layer_norm", shape, provider, mode)
+
+
 def _bench(benchmark, op: str, shape: str, provider: str, mode: str) -> None:
     d = _shape(shape)
     grad = mode == "fwd+bwd"
-    args = kernel_args(op, d, lambda *s: (0.5 * torch.randn(s, device=DEVICE)).to(DTYPE).requires_grad_(grad))
+    def make(*shape, dtype=None, grad=grad):
+        return (0.5 * torch.randn(shape, device=DEVICE)).to(dtype or DTYPE).requires_grad_(grad)
+
+    args = kernel_args(op, d, make, DTYPE)
     fn = _call(_provider(op, "eager" if provider == "sdpa" else provider), op, args)
     floor = kernel_floor(op, shape, mode, DTYPE)
-    run_benchmark(benchmark, step(fn, args, mode), bytes_moved=floor.bytes, flops=floor.flops, op=op,
+    run_benchmark(benchmark, step(fn, args, mode), bytes_moved=floor.bytes, flops=floor.flops or None, op=op,
                   provider=provider, mode=mode, shape=shape, dtype=str(DTYPE), dims=d,
                   floor_ops=[[o.bytes, o.flops] for o in floor.ops])

@@ -23,8 +23,9 @@ def ieee_dot_precision(dtype: torch.dtype) -> str:
 
 
 def interpreted(kernel) -> bool:
-    """True when ``kernel`` (a ``@triton.jit`` function) was defined under TRITON_INTERPRET=1 (runs on CPU tensors)."""
-    return isinstance(kernel.fn, InterpretedFunction)
+    """True when ``kernel`` (a ``@triton.jit`` function, or an autotuner around one) was defined under
+    TRITON_INTERPRET=1 (runs on CPU tensors)."""
+    return isinstance(kernel, InterpretedFunction) or isinstance(getattr(kernel, "fn", None), InterpretedFunction)
 
 
 def device_dtype_refusal(device: torch.device, dtype: torch.dtype, is_interpreted: bool,

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import QuickGELU as TimmQuickGELU
 from torch.utils.checkpoint import checkpoint
 
 from .backbone import audio_patch_weight, audio_pos_embed
@@ -78,7 +79,9 @@ class FastSTGCMA(STGCMABase):
         if unknown:
             raise ValueError(f"expected recompute to be a subset of {RECOMPUTE}, got {unknown}")
         self.recompute = frozenset(recompute)
-        self._act = lean_activation(self.backbone.blocks[0].mlp.act)
+        act = self.backbone.blocks[0].mlp.act
+        self._quick_gelu = isinstance(act, TimmQuickGELU)  # CLIP's: a dispatched op (fused kernel or lean torch)
+        self._lean_act = lean_activation(act)
 
     # ---------------------------------------------------------------- backends
     def set_backend(self, op: str, name: str | None) -> None:
@@ -97,13 +100,19 @@ class FastSTGCMA(STGCMABase):
         act = lambda *shape: torch.zeros(shape, device=p.device, dtype=dtype or p.dtype)  # noqa: E731
         z = lambda *shape: torch.zeros(shape, device=p.device, dtype=p.dtype)  # noqa: E731
         w = (z(r, D), z(r), z(D, r), z(D))
+        norm = self.backbone.blocks[0].norm1
         probes = {
             "temporal_attention": (act(1, M, Nv, 3 * D), H, 1.0),
             "spatial_attention": (act(1, Nv, 3 * D), H, 1.0),
             "t_adapter": (act(Nv, D), z(Nv, D), *w),
             "av_adapter": (act(1, Nv, D), act(1, Na, D), z(1, Nv, D), z(1, Na, D), *w, *w, z(), z()),
+            "quick_gelu": (act(Nv, self.backbone.blocks[0].mlp.fc1.out_features),),
+            "layer_norm": (z(Nv, D), norm.weight, norm.bias, norm.eps, dtype or p.dtype),
         }
-        return {op: self.ops.select(op, *probes[op]).name for op in OPS}
+        unused = {"quick_gelu": not self._quick_gelu,  # a GELU backbone runs F.gelu
+                  "layer_norm": not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1}
+        used = [op for op in OPS if not unused.get(op)]
+        return {op: self.ops.select(op, *probes[op]).name for op in used}
 
     # ---------------------------------------------------------------- embeddings
     def _embed_video(self, video: torch.Tensor) -> torch.Tensor:
@@ -141,7 +150,7 @@ class FastSTGCMA(STGCMABase):
                             x: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """LN1 -> qkv -> attention over the M frames of every token; (B, M, N, D) before the output projection."""
         blk = self.backbone.blocks[i]
-        qkv = F.linear(blk.norm1(x), qkv_w, qkv_b)  # (B, M, N, 3D)
+        qkv = F.linear(self._norm(blk.norm1, x), qkv_w, qkv_b)  # (B, M, N, 3D)
         return self.ops("temporal_attention", qkv, blk.attn.num_heads, blk.attn.scale)  # reads qkv in place
 
     def _temporal(self, i: int, w: FrozenWeights, ad: TAdapter, x: torch.Tensor) -> torch.Tensor:
@@ -163,17 +172,31 @@ class FastSTGCMA(STGCMABase):
         """LN1 -> qkv -> attention over the N tokens of every frame; (B * M, N, D) before the output projection."""
         blk = self.backbone.blocks[i]
         B, M, N, D = x.shape
-        qkv = F.linear(blk.norm1(x), qkv_w, qkv_b).view(B * M, N, 3 * D)
+        qkv = F.linear(self._norm(blk.norm1, x), qkv_w, qkv_b).view(B * M, N, 3 * D)
         return self.ops("spatial_attention", qkv, blk.attn.num_heads, blk.attn.scale)
 
     def _spatial_mhsa(self, i: int, w: FrozenWeights, x: torch.Tensor) -> torch.Tensor:
         o = self._segment("attention", self._spatial_mhsa_core, i, *w.qkv, x)  # (B*M, N, D)
         return self.backbone.blocks[i].ls1(F.linear(o, *w.proj)).view_as(x)
 
+    def _norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A block's frozen LayerNorm on the residual stream x through the dispatcher, its output in the dtype the
+        following GEMM reads: the autocast dtype under autocast (where torch runs layer_norm in fp32 and the linear
+        layer casts its output), else x's."""
+        if not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1:
+            return norm(x)
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        return self.ops("layer_norm", x, norm.weight, norm.bias, norm.eps, dtype)
+
+    def _act(self, h: torch.Tensor) -> torch.Tensor:
+        """The FFN activation on fc1's output; QuickGELU through the dispatcher."""
+        return self.ops("quick_gelu", h) if self._quick_gelu else self._lean_act(h)
+
     def _ffn_hidden(self, i: int, fc1_w: torch.Tensor, fc1_b: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         """LN2 -> fc1 -> activation: the FFN's 4D-wide hidden, as fc2 reads it."""
         blk = self.backbone.blocks[i]
-        h = self._act(F.linear(blk.norm2(x), fc1_w, fc1_b))  # lean: keeps only the fc1 output
+        h = self._act(F.linear(self._norm(blk.norm2, x), fc1_w, fc1_b))  # lean: keeps only the fc1 output
         return blk.mlp.norm(blk.mlp.drop1(h))
 
     def _ffn(self, i: int, w: FrozenWeights, x: torch.Tensor) -> torch.Tensor:

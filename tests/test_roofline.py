@@ -75,7 +75,7 @@ def test_fused_ops_count_the_same_flops_as_the_torch_chain_they_replace(op, dims
     for fn in (bench_roofline._fused(op), getattr(__import__("stgcma_fast.ops.torch_ops", fromlist=[op]), op)):
         with FakeTensorMode():
             args = kernel_args(op, dims, lambda *s: torch.empty(s, requires_grad=grad))
-            inputs = [a for a in args if isinstance(a, torch.Tensor)]
+            inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
             with TrafficCounter() as counter:
                 outs = fn(*args)
                 if grad:
@@ -85,6 +85,24 @@ def test_fused_ops_count_the_same_flops_as_the_torch_chain_they_replace(op, dims
     fused, chain = counts
     assert fused.flops == chain.flops > 0
     assert fused.bytes < chain.bytes and fused.launches < chain.launches
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("op", ["quick_gelu", "layer_norm"])
+def test_fused_elementwise_ops_move_less_than_the_torch_chain(op, mode):
+    """QuickGELU (3 kernels forward, 8 backward in torch) and LayerNorm with its cast to bf16 (2 forward, 3 backward)
+    against one pass each way, at the tiny case (B * M * N_v = 68 rows of D = 64, bf16); no FLOPs counted."""
+    chain = bench_roofline.kernel_traffic(op, "tiny", mode, "torch")
+    fused = bench_roofline.kernel_traffic(op, "tiny", mode, "fused")
+    assert fused.flops == chain.flops == 0
+    assert fused.launches == (1 if mode == "fwd" else 2) < chain.launches
+    assert fused.bytes < chain.bytes
+    rows, D = 1 * 4 * 17, 64
+    if op == "quick_gelu":  # bf16 x read and y written; backward: x and the gradient read, dx written
+        assert fused.bytes == (2 if mode == "fwd" else 5) * rows * 4 * D * 2
+    else:  # fp32 x read, bf16 y written (+ fp32 weight and bias); backward: fp32 x, bf16 gradient, fp32 dx (+ weight)
+        per_element, affine = (4 + 2, 2) if mode == "fwd" else (4 + 2 + 4 + 2 + 4, 3)
+        assert fused.bytes == rows * D * per_element + affine * D * 4
 
 
 @pytest.mark.parametrize("a2v, v2a", [(True, False), (False, False)])

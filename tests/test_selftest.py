@@ -126,7 +126,7 @@ def test_no_cuda_means_no_validated_modules(monkeypatch):
     assert st.validated_modules_for_current_device() == frozenset()
 
 
-@pytest.mark.parametrize("op", st.KERNEL_OPS)
+@pytest.mark.parametrize("op", ["av_adapter", "t_adapter", "temporal_attention"])  # the autotuned ones: one launch else
 @pytest.mark.parametrize("dtype", st.GPU_DTYPES, ids=str)
 def test_launch_sets_cover_every_gpu_candidate(op, dtype):
     """On a GPU the self-test forces each launch set in turn: together they must hold every candidate the autotuner

@@ -1,4 +1,4 @@
-"""Backend selection for the four STG-CMA ops.
+"""Backend selection for the STG-CMA ops (the four of the spec, and the frozen FFN activation and LayerNorm).
 
 Each backend declares what it accepts through ``supports(*args) -> reason | None``. A dispatcher, owned by one
 model instance, picks the first backend in preference order that accepts the inputs, or the one the user forced
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-OPS = ("temporal_attention", "spatial_attention", "t_adapter", "av_adapter")
+OPS = ("temporal_attention", "spatial_attention", "t_adapter", "av_adapter", "quick_gelu", "layer_norm")
 
 
 _MODULES: dict[str, Any] = {}  # module name -> module, or the ImportError message if it cannot be imported
@@ -92,6 +92,8 @@ REGISTRY: dict[str, list[Backend]] = {
                           Backend("xformers", "spatial_attention", _XFORMERS)],
     "t_adapter": [Backend("triton", "t_adapter", f"{_KERNELS}.t_adapter"), Backend("torch", "t_adapter", _TORCH)],
     "av_adapter": [Backend("triton", "av_adapter", f"{_KERNELS}.av_adapter"), Backend("torch", "av_adapter", _TORCH)],
+    "quick_gelu": [Backend("triton", "quick_gelu", f"{_KERNELS}.quick_gelu"), Backend("torch", "quick_gelu", _TORCH)],
+    "layer_norm": [Backend("triton", "layer_norm", f"{_KERNELS}.layer_norm"), Backend("torch", "layer_norm", _TORCH)],
 }
 
 

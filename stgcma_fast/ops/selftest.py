@@ -11,7 +11,8 @@ runs every kernel forward AND backward in bf16, fp16 and fp32 against the fp64 e
 gradients), with each kernel module's own ``TOLERANCES`` (the table its test suite uses), and records the kernels
 that passed every check in ``$STGCMA_FAST_CACHE/validated_kernels.json`` (default ``~/.cache/stgcma_fast``), written
 atomically. On a GPU it checks the shapes of every preset's block class (ViT-B/16 Base r = 96, ViT-L/14 Base r =
-64 at D = 1024 with 257 / 64 tokens, the Tiny r = 24; temporal attention at 10 frames of head dim 64) and, since the
+64 at D = 1024 with 257 / 64 tokens, the Tiny r = 24; temporal attention at 10 frames of head dim 64; QuickGELU at
+the B/16 and L/14 FFN widths, LayerNorm at their widths) and, since the
 autotuner may pick any of a kernel's launch candidates in a training run, every candidate (each kernel module's
 ``gpu_launch_sets``, forced one set at a time): a few minutes, most of it compiling. The record is keyed by a
 fingerprint: GPU name and compute capability, torch, triton and stgcma-fast versions and a hash of the kernel
@@ -41,7 +42,7 @@ import torch
 
 from stgcma_fast.ops import torch_ops
 
-KERNEL_OPS: tuple[str, ...] = ("av_adapter", "t_adapter", "temporal_attention")
+KERNEL_OPS: tuple[str, ...] = ("av_adapter", "t_adapter", "temporal_attention", "quick_gelu", "layer_norm")
 KERNEL_MODULES: dict[str, str] = {op: f"stgcma_fast.kernels.{op}" for op in KERNEL_OPS}
 GPU_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 INTERPRETER_DTYPES = (torch.float32, torch.float16)  # the interpreter computes bf16 tl.dot wrong
@@ -55,9 +56,12 @@ _GPU_SHAPES = {
                    dict(G=4, N_v=197, N_a=49, D=768, r=24)],
     "t_adapter": [dict(R=2 * 197, D=768, r=96), dict(R=2 * 257, D=1024, r=64), dict(R=2 * 197, D=768, r=24)],
     "temporal_attention": [dict(B=2, M=10, N=197, H=12, hd=64)],
+    "quick_gelu": [dict(R=2 * 197, C=3072), dict(R=257, C=4096)],
+    "layer_norm": [dict(R=2 * 197, C=768), dict(R=257, C=1024)],
 }  # fmt: skip
 _CPU_SHAPES = {"av_adapter": [dict(G=2, N_v=17, N_a=9, D=64, r=24)], "t_adapter": [dict(R=33, D=64, r=24)],
-               "temporal_attention": [dict(B=1, M=4, N=5, H=2, hd=16)]}  # fmt: skip
+               "temporal_attention": [dict(B=1, M=4, N=5, H=2, hd=16)], "quick_gelu": [dict(R=33, C=64)],
+               "layer_norm": [dict(R=33, C=64)]}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +104,13 @@ def _inputs(op: str, shape: dict[str, int], dtype: torch.dtype, device: torch.de
     if op == "t_adapter":
         R, D, r = (shape[k] for k in ("R", "D", "r"))
         return [rn(R, D), rn(R, D), rn(r, D, std=D**-0.5), rn(r, std=0.1), rn(D, r, std=r**-0.5), rn(D, std=0.1)], {}
+    if op == "quick_gelu":
+        return [rn(shape["R"], shape["C"], std=3.0)], {}
+    if op == "layer_norm":  # the frozen affine map is not a tensor input: no gradient is asked of it
+        C = shape["C"]
+        affine = {"weight": (1 + 0.5 * torch.randn(C, generator=g, dtype=torch.float64)).to(device, dtype),
+                  "bias": (0.5 * torch.randn(C, generator=g, dtype=torch.float64)).to(device, dtype)}
+        return [rn(shape["R"], C, std=2.0)], {**affine, "eps": 1e-5}
     B, M, N, H, hd = (shape[k] for k in ("B", "M", "N", "H", "hd"))
     return [rn(B, M, N, 3 * H * hd)], {"num_heads": H, "scale": hd**-0.5}
 
@@ -108,11 +119,16 @@ def _outputs(result: Any) -> list[torch.Tensor]:
     return list(result) if isinstance(result, (tuple, list)) else [result]
 
 
+def _cast(kwargs: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """``kwargs`` with its tensors (constant operands such as a frozen norm's weight) cast to ``dtype``."""
+    return {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+
+
 def _run(fn: Callable[..., Any], tensors: Sequence[torch.Tensor], kwargs: dict[str, Any],
          upstream: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """Outputs and input gradients of ``fn`` on leaf copies of ``tensors`` (cast to ``dtype``), by name."""
     leaves = [t.detach().to(dtype or t.dtype).requires_grad_() for t in tensors]
-    outs = _outputs(fn(*leaves, **kwargs))
+    outs = _outputs(fn(*leaves, **(_cast(kwargs, dtype) if dtype else kwargs)))
     torch.autograd.backward(outs, [u.to(o.dtype) for o, u in zip(outs, upstream, strict=True)])
     named = {f"out{i}": o.detach() for i, o in enumerate(outs)}
     return named | {f"grad{i}": leaf.grad for i, leaf in enumerate(leaves) if leaf.grad is not None}
@@ -142,7 +158,7 @@ def check_op(op: str, dtype: torch.dtype, device: str | torch.device, shape: dic
         return Check(op, **label, max_error=float("inf"), atol=atol, rtol=rtol, passed=False, error=reason)
     reference = getattr(torch_ops, op)
     with torch.no_grad():
-        shapes = [o.shape for o in _outputs(reference(*(t.double() for t in tensors), **kwargs))]
+        shapes = [o.shape for o in _outputs(reference(*(t.double() for t in tensors), **_cast(kwargs, torch.float64)))]
     upstream = [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in shapes]
     try:
         with module.force_launch(**(launches or {})):

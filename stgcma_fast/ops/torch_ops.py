@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import activations
+
 
 def t_adapter(
     x: torch.Tensor,  # (R, D) adapter input rows
@@ -108,3 +110,21 @@ def spatial_attention(
     q, k, v = qkv.view(G, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (G, H, N, hd)
     out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     return out.transpose(1, 2).reshape(G, N, num_heads * hd)
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:  # (..., C) the frozen FFN's fc1 output
+    """CLIP's QuickGELU ``x * sigmoid(1.702 x)``, keeping only x for backward (it recomputes the sigmoid: see
+    :mod:`stgcma_fast.ops.activations`). Returns x's shape and dtype."""
+    return activations.quick_gelu(x)
+
+
+def layer_norm(
+    x: torch.Tensor,  # (..., D) the residual stream
+    weight: torch.Tensor | None,  # (D,)
+    bias: torch.Tensor | None,  # (D,)
+    eps: float,
+    out_dtype: torch.dtype | None = None,  # the dtype the next GEMM reads (the autocast dtype); None: x's dtype
+) -> torch.Tensor:
+    """LayerNorm over the last axis, returned in ``out_dtype``: under autocast, torch runs it in fp32 and the cast is
+    the one the following linear layer would make."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps).to(out_dtype or x.dtype)
