@@ -16,6 +16,10 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from stgcma_fast import FastSTGCMA, ReferenceSTGCMA, STGCMAConfig
 from stgcma_fast.ops import torch_ops
 from stgcma_fast.ops.dispatch import REGISTRY
-from stgcma_fast.roofline import Traffic, TrafficCounter, model_forward_traffic
+from stgcma_fast.roofline import OpTraffic, Traffic, TrafficCounter, model_forward_traffic, model_train_traffic
 
 from . import report
 from .cases import MODES, OPS, SHAPES, kernel_args
@@ -117,6 +121,40 @@ def model_table(bandwidth: float, flop_rate: float) -> str:
     return "\n".join(out)
 
 
+def train_rows() -> list[dict]:
+    """Per preset and provider, the counts of one training step (``model_train_traffic``: fake CPU tensors, which
+    the Triton kernels accept only when TRITON_INTERPRET=1 was set before they were imported)."""
+    rows = []
+    for preset in MODEL_PRESETS:
+        for provider, (cls, kwargs) in MODEL_PROVIDERS.items():
+            t = model_train_traffic(cls, STGCMAConfig.preset(preset), MODEL_BATCH, **kwargs)
+            rows.append(dict(preset=preset, provider=provider, ops=[[o.bytes, o.flops] for o in t.ops]))
+    return rows
+
+
+@functools.cache
+def _train_rows_in_interpreter_mode() -> list[dict]:
+    """``train_rows`` from a process of its own with TRITON_INTERPRET=1 (this one counts the forward pass as on a
+    GPU, where the kernels must not be in interpreter mode)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-m", "bench.roofline", "--train-rows"], cwd=README.parent, env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(done.stdout)
+
+
+def train_table(bandwidth: float, flop_rate: float) -> str:
+    out = [f"| preset | provider | launches | GB moved | TFLOP | floor ms (batch {MODEL_BATCH}) | GEMM-only ms | "
+           "floor vs reference |", "|---|---|---|---|---|---|---|---|"]
+    rows = _train_rows_in_interpreter_mode()
+    floors = {(r["preset"], r["provider"]): Traffic([OpTraffic("", b, 0, f) for b, f in r["ops"]]) for r in rows}
+    for (preset, provider), t in floors.items():
+        floor = t.seconds(bandwidth, flop_rate)
+        ref = floors[(preset, "reference")].seconds(bandwidth, flop_rate)
+        out.append(f"| {preset} | {provider} | {t.launches} | {t.bytes / 1e9:.1f} | {t.flops / 1e12:.2f} | "
+                   f"{1e3 * floor:.2f} | {1e3 * t.flops / flop_rate:.2f} | {ref / floor:.2f}x |")
+    return "\n".join(out)
+
+
 def where_table(bandwidth: float, flop_rate: float, preset: str = MODEL_PRESETS[0], top: int = 8) -> str:
     """The ops that take most of the fast-triton forward floor."""
     t = model_traffic(preset, "fast-triton")
@@ -144,6 +182,10 @@ def render(device: tuple[str, float, float] = DATASHEET) -> str:
         kernel_table(bandwidth, flop_rate),
         f"**Model forward** (bf16 autocast, inference, {MODEL_BATCH} clips of 10 frames + 10 audio segments)",
         model_table(bandwidth, flop_rate),
+        f"**Training step** (forward and backward into the adapters, {MODEL_BATCH} clips; counted with CPU "
+        "dispatch and fp16 autocast, see `model_train_traffic`: CPU autocast keeps the reference's softmax in 16 "
+        "bits, so its count is low)",
+        train_table(bandwidth, flop_rate),
         f"**Where the fast-triton forward floor goes** ({MODEL_PRESETS[0]})",
         where_table(bandwidth, flop_rate),
     ])
@@ -153,7 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--update-readme", action="store_true", help="rewrite the README's roofline block")
+    parser.add_argument("--train-rows", action="store_true", help=argparse.SUPPRESS)  # JSON of train_rows()
     args = parser.parse_args(argv)
+    if args.train_rows:
+        print(json.dumps(train_rows()))
+        return 0
     text = render()
     print(text)
     if args.update_readme:

@@ -15,8 +15,9 @@ target. FLOPs come from ``torch.utils.flop_counter``'s formulas (GEMMs, convolut
 not counted), which the kernel modules extend with formulas for the STG-CMA custom ops.
 
 Counting needs no device and no computation: run the code on fake tensors (``FakeTensorMode``) and full-size shapes
-are counted in seconds on a CPU. ``model_forward_traffic`` does that for a whole model on a fake CUDA device under
-bf16 autocast, with SDPA routed to the fused kernel SDPA's dispatcher picks on a GPU.
+are counted in seconds on a CPU. ``model_forward_traffic`` does that for a whole model's forward pass on a fake CUDA
+device under bf16 autocast, with SDPA routed to the fused kernel SDPA's dispatcher picks on a GPU;
+``model_train_traffic`` for a training step's forward and backward, on fake CPU tensors (see its caveats).
 """
 
 from __future__ import annotations
@@ -189,24 +190,51 @@ def _autocast(device: str, dtype: torch.dtype) -> Iterator[None]:
         torch.set_autocast_dtype(device, prev_dtype)
 
 
-def model_forward_traffic(model_cls: type, config, batch: int, autocast_dtype: torch.dtype | None = torch.bfloat16,
-                          device: str = "cuda", **model_kwargs) -> Traffic:
-    """Traffic of one forward pass of ``model_cls(config, **model_kwargs)`` (``ReferenceSTGCMA`` or ``FastSTGCMA``)
-    on ``batch`` clips on a ``device`` ("cuda": as on a GPU; "cpu": CPU dispatch and autocast rules) under
-    ``autocast_dtype`` autocast (None: fp32), counted on fake tensors: no GPU, no weights and no computation are
-    needed, so full-size presets count in seconds.
-
-    Only the forward pass: the autograd engine needs a real CUDA device to run a backward pass."""
+@contextlib.contextmanager
+def _fake_model(model_cls: type, config, batch: int, device: str, train: bool, model_kwargs: dict):
+    """``model_cls(config, **model_kwargs)`` and a batch of inputs as fake tensors on ``device`` (built on the meta
+    device: no weights are made), inside the fake mode that made them."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with torch.device("meta"):
-        model = model_cls(config, **model_kwargs).eval()
-    with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
+        model = model_cls(config, **model_kwargs).train(train)
+    with FakeTensorMode(allow_non_fake_inputs=True):
         model = model.to_empty(device=device)
         H, W = model.img_size
         video = torch.empty(batch, config.num_frames, 3, H, W, device=device) if config.has_video else None
         audio = torch.empty(batch, config.num_frames, *config.audio_size, device=device) if config.has_audio else None
+        yield model, video, audio
+
+
+def model_forward_traffic(model_cls: type, config, batch: int, autocast_dtype: torch.dtype | None = torch.bfloat16,
+                          device: str = "cuda", **model_kwargs) -> Traffic:
+    """Traffic of one forward pass (inference) of ``model_cls(config, **model_kwargs)`` (``ReferenceSTGCMA`` or
+    ``FastSTGCMA``) on ``batch`` clips on a ``device`` ("cuda": as on a GPU; "cpu": CPU dispatch and autocast rules)
+    under ``autocast_dtype`` autocast (None: fp32), counted on fake tensors: no GPU, no weights and no computation
+    are needed, so full-size presets count in seconds."""
+    with _fake_model(model_cls, config, batch, device, False, model_kwargs) as (model, video, audio), torch.no_grad():
         amp = _autocast(device, autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
         with _FusedSDPA(), TrafficCounter() as counter, amp:
             model(video, audio)
+    return counter.traffic
+
+
+def model_train_traffic(model_cls: type, config, batch: int, autocast_dtype: torch.dtype | None = torch.float16,
+                        **model_kwargs) -> Traffic:
+    """Traffic of one training step, forward and backward into the trainable parameters (the optimizer step, a few
+    reads and writes of the adapters, is left out), from a loss on the class tokens.
+
+    Counted on fake CPU tensors: the autograd engine needs a real CUDA device to run a backward pass on CUDA tensors,
+    so CPU dispatch and CPU autocast rules apply. They differ from CUDA's where CPU autocast leaves softmax in the
+    16-bit dtype (CUDA runs it in fp32: the reference's explicit attention moves more there than counted) and in
+    SDPA's CPU flash kernel, which reads and writes what CUDA's does. The Triton kernels accept CPU tensors only
+    under TRITON_INTERPRET=1, which refuses bf16 dots: fp16 autocast, the same bytes."""
+    with _fake_model(model_cls, config, batch, "cpu", True, model_kwargs) as (model, video, audio):
+        params = [p for p in model.parameters() if p.requires_grad]
+        amp = _autocast("cpu", autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+        with TrafficCounter() as counter:
+            with amp:
+                out = model(video, audio)
+            loss = sum(t.float().sum() for t in (out.video_cls, out.audio_cls) if t is not None)
+            torch.autograd.grad(loss, params)
     return counter.traffic

@@ -15,7 +15,7 @@ from bench import roofline as bench_roofline
 from bench.cases import MODES, kernel_args
 from stgcma_fast import FastSTGCMA, ReferenceSTGCMA
 from stgcma_fast.flops import stgcma_flops
-from stgcma_fast.roofline import TrafficCounter, count, model_forward_traffic, tensor_bytes
+from stgcma_fast.roofline import TrafficCounter, count, model_forward_traffic, model_train_traffic, tensor_bytes
 
 from .helpers import tiny_config
 
@@ -159,6 +159,21 @@ def test_model_forward_with_the_triton_kernels_counts_the_same_flops_and_moves_l
     names = {op.name for op in traffic["triton"].ops}
     assert {"stgcma_fast.av_adapter", "stgcma_fast.t_adapter", "stgcma_fast.temporal_attention"} <= names
     assert traffic["triton"].bytes < traffic["fast"].bytes < traffic["reference"].bytes
+
+
+def test_training_step_counts_forward_and_backward():
+    """The reference's count is the analytic training-step FLOPs (frozen layers: input gradients only; no backward
+    into the patch embeddings); the fused ops move fewer bytes in fewer launches."""
+    cfg = tiny_config()
+    ref = model_train_traffic(ReferenceSTGCMA, cfg, batch=2)
+    with torch.device("meta"):
+        assert ref.flops == 2 * stgcma_flops(ReferenceSTGCMA(cfg)).train_step
+    fast = model_train_traffic(FastSTGCMA, cfg, batch=2)
+    triton = model_train_traffic(FastSTGCMA, cfg, batch=2, backends=bench_roofline.TRITON_BACKENDS)
+    names = {op.name for op in triton.ops}
+    assert {"stgcma_fast.av_adapter_backward", "stgcma_fast.quick_gelu_backward", "stgcma_fast.layer_norm_backward",
+            "stgcma_fast.temporal_attention_backward", "stgcma_fast.t_adapter_backward"} <= names
+    assert triton.bytes < fast.bytes < ref.bytes and triton.launches < fast.launches < ref.launches
 
 
 def test_readme_roofline_block_is_current():
