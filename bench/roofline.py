@@ -50,18 +50,19 @@ def _fused(op: str):
     return getattr(importlib.import_module(f"stgcma_fast.kernels.{op}"), op)
 
 
-@functools.cache
-def kernel_traffic(op: str, shape: str, mode: str, provider: str, dtype: torch.dtype = torch.bfloat16) -> Traffic:
-    """Traffic of one call of the kernel case: ``provider`` "fused" (the Triton op; the T-Adapter's weight-gradient
-    GEMMs, which run in torch, included) or "torch" (the torch backend: the eager op chain, SDPA for attention).
-    "fwd+bwd" adds the backward into every input from a given output gradient."""
+def case_traffic(op: str, dims: dict, mode: str, provider: str, dtype: torch.dtype = torch.bfloat16) -> Traffic:
+    """Traffic of one call of ``op`` at ``dims`` (see bench.cases.kernel_args): ``provider`` "fused" (the Triton op;
+    the T-Adapter's weight-gradient GEMMs, which run in torch, included) or "torch" (the torch backend: the eager op
+    chain, SDPA for attention). "fwd+bwd" adds the backward into every input that requires grad from a given output
+    gradient."""
     fn = _fused(op) if provider == "fused" else getattr(torch_ops, op)
     grad = mode == "fwd+bwd"
-    with FakeTensorMode():
-        def make(*s, dtype=dtype, grad=grad):
-            return torch.empty(s, dtype=dtype, requires_grad=grad)
 
-        args = kernel_args(op, SHAPES[shape], make, dtype)
+    def make(*s, dtype=dtype, grad=grad):
+        return torch.empty(s, dtype=dtype, requires_grad=grad)
+
+    with FakeTensorMode():
+        args = kernel_args(op, dims, make, dtype)
         inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
         with TrafficCounter() as counter:
             out = fn(*args)
@@ -69,6 +70,12 @@ def kernel_traffic(op: str, shape: str, mode: str, provider: str, dtype: torch.d
                 outs = out if isinstance(out, tuple) else (out,)
                 torch.autograd.grad(outs, inputs, [torch.empty_like(o) for o in outs])
     return counter.traffic
+
+
+@functools.cache
+def kernel_traffic(op: str, shape: str, mode: str, provider: str, dtype: torch.dtype = torch.bfloat16) -> Traffic:
+    """``case_traffic`` of the benchmark case named ``shape`` (bench.cases.SHAPES)."""
+    return case_traffic(op, SHAPES[shape], mode, provider, dtype)
 
 
 def kernel_floor(op: str, shape: str, mode: str, dtype: torch.dtype) -> Traffic:

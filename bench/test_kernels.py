@@ -67,48 +67,24 @@ def _shape(name: str) -> dict:
     return dims
 
 
-def _t(*shape, grad: bool) -> torch.Tensor:
-    return (0.5 * torch.randn(shape, device=DEVICE)).to(DTYPE).requires_grad_(grad)
+# Providers per op: the fused kernel, the torch backend (eager; SDPA with its permute copies for attention) and
+# torch.compile of that backend, or xformers for attention.
+PROVIDERS = {"av_adapter": ("triton", "eager", "compile"), "t_adapter": ("triton", "eager", "compile"),
+             "temporal_attention": ("triton", "xformers", "sdpa"), "quick_gelu": ("triton", "eager", "compile"),
+             "layer_norm": ("triton", "eager", "compile")}
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", ["triton", "eager", "compile"])
+@pytest.mark.parametrize("op, provider", [(op, p) for op, providers in PROVIDERS.items() for p in providers])
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_av_adapter(benchmark, shape, provider, mode):
-    _bench(benchmark, "av_adapter", shape, provider, mode)
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", ["triton", "eager", "compile"])
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_t_adapter(benchmark, shape, provider, mode):
-    _bench(benchmark, "t_adapter", shape, provider, mode)
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", ["triton", "xformers", "sdpa"])
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_temporal_attention(benchmark, shape, provider, mode):
-    _bench(benchmark, "temporal_attention", shape, provider, mode)
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", ["triton", "eager", "compile"])
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_quick_gelu(benchmark, shape, provider, mode):
-    _bench(benchmark, "quick_gelu", shape, provider, mode)
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("provider", ["triton", "eager", "compile"])
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_layer_norm(benchmark, shape, provider, mode):
-    _bench(benchmark, "layer_norm", shape, provider, mode)
+def test_kernel(benchmark, shape, op, provider, mode):
+    _bench(benchmark, op, shape, provider, mode)
 
 
 def _bench(benchmark, op: str, shape: str, provider: str, mode: str) -> None:
     d = _shape(shape)
     grad = mode == "fwd+bwd"
+
     def make(*shape, dtype=None, grad=grad):
         return (0.5 * torch.randn(shape, device=DEVICE)).to(dtype or DTYPE).requires_grad_(grad)
 

@@ -15,7 +15,7 @@ from bench import roofline as bench_roofline
 from bench.cases import MODES, kernel_args
 from stgcma_fast import FastSTGCMA, ReferenceSTGCMA
 from stgcma_fast.flops import stgcma_flops
-from stgcma_fast.roofline import TrafficCounter, count, model_forward_traffic, model_train_traffic, tensor_bytes
+from stgcma_fast.roofline import count, model_forward_traffic, model_train_traffic, tensor_bytes
 
 from .helpers import tiny_config
 
@@ -70,18 +70,7 @@ def test_sdpa_flops_are_counted_on_cpu_too():
 ])
 def test_fused_ops_count_the_same_flops_as_the_torch_chain_they_replace(op, dims, mode):
     """The kernels' registered FLOP formulas agree with torch's count of the op chain, forward and backward."""
-    grad = mode == "fwd+bwd"
-    counts = []
-    for fn in (bench_roofline._fused(op), getattr(__import__("stgcma_fast.ops.torch_ops", fromlist=[op]), op)):
-        with FakeTensorMode():
-            args = kernel_args(op, dims, lambda *s: torch.empty(s, requires_grad=grad))
-            inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
-            with TrafficCounter() as counter:
-                outs = fn(*args)
-                if grad:
-                    outs = outs if isinstance(outs, tuple) else (outs,)
-                    torch.autograd.grad(outs, inputs, [torch.empty_like(o) for o in outs])
-        counts.append(counter.traffic)
+    counts = [bench_roofline.case_traffic(op, dims, mode, provider, torch.float32) for provider in ("fused", "torch")]
     fused, chain = counts
     assert fused.flops == chain.flops > 0
     assert fused.bytes < chain.bytes and fused.launches < chain.launches
