@@ -9,7 +9,18 @@ from collections.abc import Iterator
 import torch
 import triton
 import triton.language as tl
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 from triton.runtime.interpreter import InterpretedFunction
+
+
+def eager_autograd() -> bool:
+    """Whether a kernel's public function runs its ``torch.autograd.Function`` (True: a plain eager call) or its
+    ``torch.library`` custom op (under torch.compile, and under a Python dispatch mode: fake tensors, FlopCounterMode,
+    stgcma_fast.roofline's counter, tracing, which see the custom op as one op with its fake implementation and FLOP
+    formula). Both run the same launchers; a custom op costs several times the Python time of the Function per eager
+    call (on CPU with the launchers stubbed out, with grad: QuickGELU 68 vs 10 us, the AV-Adapter 257 vs 34 us),
+    which at 168 kernel calls per ViT-B/16 forward is milliseconds a GPU would wait for."""
+    return not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None
 
 
 def acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:

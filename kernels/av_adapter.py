@@ -59,7 +59,14 @@ import triton.language as tl
 from torch.utils.flop_counter import register_flop_formula
 
 from stgcma_fast.flops import av_adapter_flops
-from stgcma_fast.kernels._common import LaunchOverrides, acc_dtypes, autotune_enabled, launch_sets, quick_bench
+from stgcma_fast.kernels._common import (
+    LaunchOverrides,
+    acc_dtypes,
+    autotune_enabled,
+    eager_autograd,
+    launch_sets,
+    quick_bench,
+)
 
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configurations (the kernels' autotune candidates)
@@ -855,7 +862,8 @@ def _materialize(dout: torch.Tensor | None, like: torch.Tensor, dtype: torch.dty
 
 
 class AVAdapterFunction(torch.autograd.Function):
-    """Eager autograd wrapper around the launchers; ``av_adapter`` uses the custom op, which compiles."""
+    """Eager autograd wrapper around the launchers, which ``av_adapter`` runs in plain eager calls (the custom op below,
+    which compiles, otherwise: see ``eager_autograd``)."""
 
     @staticmethod
     def forward(ctx, u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a,
@@ -1001,6 +1009,8 @@ def av_adapter(
     and some input requires grad; under ``torch.no_grad()`` / ``torch.inference_mode()`` nothing is saved.
     """
     tensors = (u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b_down_a, w_up_a, b_up_a, alpha, beta)
+    if eager_autograd():
+        return AVAdapterFunction.apply(*tensors, bool(a2v), bool(v2a))
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     res = _av_adapter_op(*tensors, bool(a2v), bool(v2a), save)
     return res[0], res[1]

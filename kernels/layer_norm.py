@@ -1,7 +1,8 @@
 """Fused LayerNorm of a frozen norm that writes its output in the dtype the next GEMM reads, forward and backward.
 
 Layout (Liger-Kernel style): private ``@triton.jit`` kernels, plain launchers (``layer_norm_forward`` /
-``layer_norm_backward``), the ``torch.library.custom_op`` registration with its autograd, the public function with
+``layer_norm_backward``), the ``torch.autograd.Function``, the ``torch.library.custom_op`` registration with its
+autograd, the public function with
 the signature of :func:`stgcma_fast.ops.torch_ops.layer_norm`, then capabilities and tolerances.
 
 Why: under bf16 autocast a block's LayerNorms read the fp32 residual stream and, as autocast runs layer_norm in fp32,
@@ -24,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from stgcma_fast.kernels._common import LaunchOverrides, acc_dtypes, device_dtype_refusal, interpreted
+from stgcma_fast.kernels._common import LaunchOverrides, acc_dtypes, device_dtype_refusal, eager_autograd, interpreted
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,24 @@ def layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Autograd
+class LayerNormFunction(torch.autograd.Function):
+    """Eager autograd wrapper around the launchers, which ``layer_norm`` runs in plain eager calls (the custom op
+    below, which compiles, otherwise: see ``eager_autograd``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, out_dtype=None):
+        ctx.save_for_backward(x, weight)  # x only (and the frozen weight): the row statistics are recomputed
+        ctx.eps = eps
+        return layer_norm_forward(x, weight, bias, eps, out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return layer_norm_backward(grad, x, weight, ctx.eps), None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # torch.library registration: custom_op (not triton_op) so that torch.compile(fullgraph=True) traces it on CPU too.
 @torch.library.custom_op("stgcma_fast::layer_norm", mutates_args=())
 def _layer_norm_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
@@ -213,6 +232,8 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     """Fused frozen LayerNorm over the last axis, output in ``out_dtype`` (default x's); the contract is
     :func:`stgcma_fast.ops.torch_ops.layer_norm`. Keeps only x for backward and computes no weight or bias
     gradient (``supports`` refuses a weight or bias that requires grad)."""
+    if eager_autograd():
+        return LayerNormFunction.apply(x, weight, bias, eps, out_dtype)
     return torch.ops.stgcma_fast.layer_norm(x, weight, bias, eps, out_dtype)
 
 

@@ -1,7 +1,8 @@
 """Fused QuickGELU, ``x * sigmoid(1.702 x)`` (CLIP's FFN activation), forward and backward in one pass each.
 
 Layout (Liger-Kernel style): private ``@triton.jit`` kernels, plain launchers (``quick_gelu_forward`` /
-``quick_gelu_backward``), the ``torch.library.custom_op`` registration with its autograd, the public function with
+``quick_gelu_backward``), the ``torch.autograd.Function``, the ``torch.library.custom_op`` registration with its
+autograd, the public function with
 the signature of :func:`stgcma_fast.ops.torch_ops.quick_gelu`, then capabilities and tolerances.
 
 Why: in eager PyTorch the activation is three elementwise kernels forward (``1.702 * x``, ``sigmoid``, ``*``) and,
@@ -23,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from stgcma_fast.kernels._common import LaunchOverrides, acc_dtypes, device_dtype_refusal, interpreted
+from stgcma_fast.kernels._common import LaunchOverrides, acc_dtypes, device_dtype_refusal, eager_autograd, interpreted
 
 _ALPHA = tl.constexpr(1.702)  # globals read inside @triton.jit functions must be tl.constexpr
 _NEG_ALPHA = tl.constexpr(-1.702)
@@ -126,6 +127,23 @@ def quick_gelu_backward(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Autograd
+class QuickGELUFunction(torch.autograd.Function):
+    """Eager autograd wrapper around the launchers, which ``quick_gelu`` runs in plain eager calls (the custom op
+    below, which compiles, otherwise: see ``eager_autograd``)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)  # x only: the sigmoid is recomputed
+        return quick_gelu_forward(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return quick_gelu_backward(grad, x)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # torch.library registration: custom_op (not triton_op) so that torch.compile(fullgraph=True) traces it on CPU too.
 @torch.library.custom_op("stgcma_fast::quick_gelu", mutates_args=())
 def _quick_gelu_op(x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +183,8 @@ _quick_gelu_op.register_autograd(_backward, setup_context=_setup_context)
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     """Fused ``x * sigmoid(1.702 x)`` of any shape; the contract is :func:`stgcma_fast.ops.torch_ops.quick_gelu`.
     Keeps only x for backward. Returns a contiguous tensor in x's dtype."""
+    if eager_autograd():
+        return QuickGELUFunction.apply(x)
     return torch.ops.stgcma_fast.quick_gelu(x)
 
 

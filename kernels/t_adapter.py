@@ -44,6 +44,7 @@ from stgcma_fast.kernels._common import (
     acc_dtypes,
     autotune_enabled,
     device_dtype_refusal,
+    eager_autograd,
     ieee_dot_precision,
     interpreted,
     launch_sets,
@@ -569,6 +570,8 @@ def t_adapter(
     fp32 with a 16-bit x (rounded to x's dtype in the kernel), the residual may be fp32 with a 16-bit x (out is then
     fp32). Gradients come back in each input's dtype. See the module docstring.
     """
+    if eager_autograd():
+        return TAdapterFunction.apply(x, residual, w_down, b_down, w_up, b_up, row_scale)
     return torch.ops.stgcma_fast.t_adapter(x, residual, w_down, b_down, w_up, b_up, row_scale)[0]
 
 

@@ -37,6 +37,7 @@ from stgcma_fast.kernels._common import (
     acc_dtypes,
     autotune_enabled,
     device_dtype_refusal,
+    eager_autograd,
     ieee_dot_precision,
     interpreted,
     launch_sets,
@@ -458,6 +459,8 @@ def temporal_attention(
 
     Same contract as :func:`stgcma_fast.ops.torch_ops.temporal_attention`. Returns (B, M, N, H * hd).
     """
+    if eager_autograd():
+        return TemporalAttentionFunction.apply(qkv, num_heads, float(scale))
     return torch.ops.stgcma_fast.temporal_attention(qkv, num_heads, float(scale))[0]
 
 

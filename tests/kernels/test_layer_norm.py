@@ -96,6 +96,18 @@ def test_keeps_only_its_input_for_backward(device):
     assert saved == x.numel() * 4
 
 
+def test_autograd_function_matches_custom_op(device):
+    """Eager calls run LayerNormFunction (see eager_autograd); the custom op, which torch.compile traces, runs the
+    same launchers: identical results."""
+    x = torch.randn(7, 96, device=device, requires_grad=True)
+    w, b = torch.randn(96, device=device), torch.randn(96, device=device)
+    g = torch.randn(7, 96, device=device).to(BF16)
+    outs = [fn(x, w, b, 1e-5, BF16) for fn in (kernel.layer_norm, torch.ops.stgcma_fast.layer_norm)]
+    assert type(outs[0].grad_fn).__name__ == "LayerNormFunctionBackward"
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(*(torch.autograd.grad(y, x, g)[0] for y in outs))
+
+
 def test_torch_compile_fullgraph_no_graph_breaks(device):
     torch._dynamo.reset()
     compiled = torch.compile(kernel.layer_norm, fullgraph=True, backend="aot_eager")

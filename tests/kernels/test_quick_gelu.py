@@ -86,6 +86,22 @@ def test_keeps_only_its_input_for_backward(device):
     assert saved_activation_bytes(lambda: kernel.quick_gelu(x)) == x.numel() * 4
 
 
+def test_eager_calls_run_the_function_and_dispatch_modes_see_the_custom_op(device):
+    """Plain eager calls take the cheaper torch.autograd.Function; under a dispatch mode (here the roofline counter)
+    the custom op runs, one op with its fake implementation; both give the same numbers."""
+    from stgcma_fast.roofline import TrafficCounter
+
+    x = torch.randn(5, 8, device=device, requires_grad=True)
+    eager = kernel.quick_gelu(x)
+    assert type(eager.grad_fn).__name__ == "QuickGELUFunctionBackward"
+    with TrafficCounter() as counter:
+        counted = kernel.quick_gelu(x)
+    assert [op.name for op in counter.traffic.ops] == ["stgcma_fast.quick_gelu"]
+    assert torch.equal(eager, counted)
+    g = torch.randn(5, 8, device=device)
+    assert torch.equal(*(torch.autograd.grad(y, x, g)[0] for y in (eager, counted)))
+
+
 def test_torch_compile_fullgraph_no_graph_breaks(device):
     torch._dynamo.reset()
     compiled = torch.compile(kernel.quick_gelu, fullgraph=True, backend="aot_eager")
