@@ -12,7 +12,7 @@ gradients), with each kernel module's own ``TOLERANCES`` (the table its test sui
 that passed every check in ``$STGCMA_FAST_CACHE/validated_kernels.json`` (default ``~/.cache/stgcma_fast``), written
 atomically. On a GPU it checks the shapes of every preset's block class (ViT-B/16 Base r = 96, ViT-L/14 Base r =
 64 at D = 1024 with 257 / 64 tokens, the Tiny r = 24; temporal attention at 10 frames of head dim 64; QuickGELU at
-the B/16 and L/14 FFN widths, LayerNorm at their widths) and, since the
+the B/16 and L/14 FFN widths, LayerNorm at their widths, also as under autocast: fp32 in, 16-bit out) and, since the
 autotuner may pick any of a kernel's launch candidates in a training run, every candidate (each kernel module's
 ``gpu_launch_sets``, forced one set at a time): a few minutes, most of it compiling. The record is keyed by a
 fingerprint: GPU name and compute capability, torch, triton and stgcma-fast versions and a hash of the kernel
@@ -57,11 +57,11 @@ _GPU_SHAPES = {
     "t_adapter": [dict(R=2 * 197, D=768, r=96), dict(R=2 * 257, D=1024, r=64), dict(R=2 * 197, D=768, r=24)],
     "temporal_attention": [dict(B=2, M=10, N=197, H=12, hd=64)],
     "quick_gelu": [dict(R=2 * 197, C=3072), dict(R=257, C=4096)],
-    "layer_norm": [dict(R=2 * 197, C=768), dict(R=257, C=1024)],
+    "layer_norm": [dict(R=2 * 197, C=768), dict(R=257, C=1024), dict(R=2 * 197, C=768, autocast=1)],
 }  # fmt: skip
 _CPU_SHAPES = {"av_adapter": [dict(G=2, N_v=17, N_a=9, D=64, r=24)], "t_adapter": [dict(R=33, D=64, r=24)],
                "temporal_attention": [dict(B=1, M=4, N=5, H=2, hd=16)], "quick_gelu": [dict(R=33, C=64)],
-               "layer_norm": [dict(R=33, C=64)]}  # fmt: skip
+               "layer_norm": [dict(R=33, C=64), dict(R=33, C=64, autocast=1)]}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,10 +107,13 @@ def _inputs(op: str, shape: dict[str, int], dtype: torch.dtype, device: torch.de
     if op == "quick_gelu":
         return [rn(shape["R"], shape["C"], std=3.0)], {}
     if op == "layer_norm":  # the frozen affine map is not a tensor input: no gradient is asked of it
-        C = shape["C"]
-        affine = {"weight": (1 + 0.5 * torch.randn(C, generator=g, dtype=torch.float64)).to(device, dtype),
-                  "bias": (0.5 * torch.randn(C, generator=g, dtype=torch.float64)).to(device, dtype)}
-        return [rn(shape["R"], C, std=2.0)], {**affine, "eps": 1e-5}
+        # autocast=1: as FastSTGCMA runs it under autocast, the fp32 residual stream and fp32 weights in, ``dtype`` out
+        C, mix = shape["C"], bool(shape.get("autocast"))
+        in_dtype = torch.float32 if mix else dtype
+        affine = {"weight": (1 + 0.5 * torch.randn(C, generator=g, dtype=torch.float64)).to(device, in_dtype),
+                  "bias": (0.5 * torch.randn(C, generator=g, dtype=torch.float64)).to(device, in_dtype)}
+        x = (torch.randn(shape["R"], C, generator=g, dtype=torch.float64) * 2.0).to(device, in_dtype)
+        return [x], {**affine, "eps": 1e-5} | ({"out_dtype": dtype} if mix else {})
     B, M, N, H, hd = (shape[k] for k in ("B", "M", "N", "H", "hd"))
     return [rn(B, M, N, 3 * H * hd)], {"num_heads": H, "scale": hd**-0.5}
 
