@@ -72,6 +72,8 @@ def test_large_offsets_and_tiny_variance_stay_accurate(device):
 
 
 def test_float64_gradcheck(device):
+    if not kernel._interpreted():
+        pytest.skip("float64 runs only under TRITON_INTERPRET=1 (GPU builds refuse it)")
     x = torch.randn(4, 19, dtype=torch.float64, device=device, requires_grad=True)
     w, b = torch.randn(19, dtype=torch.float64, device=device), torch.randn(19, dtype=torch.float64, device=device)
     assert torch.autograd.gradcheck(lambda t: kernel.layer_norm(t, w, b, 1e-5), (x,))

@@ -54,6 +54,8 @@ def test_forward_backward_matches_fp64_reference(shape, dtype, device):
 
 
 def test_float64_gradcheck(device):
+    if not kernel._interpreted():
+        pytest.skip("float64 runs only under TRITON_INTERPRET=1 (GPU builds refuse it)")
     x = torch.randn(3, 37, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(kernel.quick_gelu, (x,))
 
