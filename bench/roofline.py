@@ -166,15 +166,9 @@ def where_table(bandwidth: float, flop_rate: float, preset: str = MODEL_PRESETS[
     """The ops that take most of the fast-triton forward floor."""
     t = model_traffic(preset, "fast-triton")
     total = t.seconds(bandwidth, flop_rate)
-    per_op: dict[str, list[float]] = {}
-    for op in t.ops:
-        entry = per_op.setdefault(op.name, [0, 0.0, 0.0])
-        entry[0] += 1
-        entry[1] += op.bytes
-        entry[2] += op.seconds(bandwidth, flop_rate)
-    rows = sorted(per_op.items(), key=lambda kv: -kv[1][2])[:top]
+    rows = t.by_op(bandwidth, flop_rate)[:top]
     out = ["| op | launches | GB moved | floor ms | share of the floor |", "|---|---|---|---|---|"]
-    for name, (n, nbytes, secs) in rows:
+    for name, n, nbytes, _flops, secs in rows:
         out.append(f"| {name} | {n} | {nbytes / 1e9:.2f} | {1e3 * secs:.2f} | {secs / total:.0%} |")
     return "\n".join(out)
 

@@ -97,15 +97,16 @@ class Traffic:
         """Floor time of the run: each op at the roofline of ``bandwidth`` bytes/s and ``flop_rate`` FLOP/s."""
         return sum(op.seconds(bandwidth, flop_rate) for op in self.ops)
 
-    def by_op(self) -> list[tuple[str, int, int, int]]:
-        """(op name, launches, bytes, FLOPs) per op name, most bytes first."""
-        acc: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    def by_op(self, bandwidth: float, flop_rate: float) -> list[tuple[str, int, int, int, float]]:
+        """(op name, launches, bytes, FLOPs, floor seconds) per op name, largest floor first."""
+        acc: dict[str, list] = defaultdict(lambda: [0, 0, 0, 0.0])
         for op in self.ops:
             entry = acc[op.name]
             entry[0] += 1
             entry[1] += op.bytes
             entry[2] += op.flops
-        return sorted(((name, *v) for name, v in acc.items()), key=lambda row: -row[2])
+            entry[3] += op.seconds(bandwidth, flop_rate)
+        return sorted(((name, *v) for name, v in acc.items()), key=lambda row: -row[4])
 
 
 def _tensors(tree) -> list[torch.Tensor]:

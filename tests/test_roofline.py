@@ -47,6 +47,15 @@ def test_views_and_allocations_move_nothing_copies_and_in_place_ops_move_what_th
     assert (op.read, op.written) == (0, 100 * 2)
 
 
+def test_by_op_sums_launches_bytes_flops_and_floor_per_op_name():
+    a, b = torch.randn(6, 5), torch.randn(5, 3)
+    traffic = count(lambda: (a @ b, a @ b, a + 1))
+    rows = traffic.by_op(bandwidth=1e3, flop_rate=1e12)
+    assert [(name, n) for name, n, *_ in rows] == [("aten.mm", 2), ("aten.add", 1)]
+    assert rows[0][2:] == (2 * 63 * 4, 2 * 180, pytest.approx(2 * 63 * 4 / 1e3))
+    assert sum(row[4] for row in rows) == pytest.approx(traffic.seconds(1e3, 1e12))
+
+
 def test_a_broadcast_operand_is_read_once():
     bias = torch.randn(8)
     assert tensor_bytes(bias.expand(1000, 8)) == 8 * 4
