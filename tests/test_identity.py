@@ -62,6 +62,26 @@ def test_temporal_embedding_is_added_to_every_token_of_its_frame(impl):
 
 
 @pytest.mark.parametrize("impl", list(IMPLS))
+def test_audio_temporal_embedding_is_added_to_every_token_of_its_segment(impl):
+    """The audio twin of the video test: e_m of the AUDIO table is added to every token (class token included) of
+    segment m, before the pre-norm. Both tables hold distinct random values, so reading the video table (or the
+    wrong row, or adding after the pre-norm) fails."""
+    cfg = tiny_config()
+    model = IMPLS[impl](cfg).eval()
+    with torch.no_grad():
+        model.temporal_embed_a.normal_(std=0.5)
+        model.temporal_embed_v.normal_(std=0.5)
+    video, audio = inputs(cfg)
+    with torch.no_grad():
+        out = model(video, audio)
+        for m in range(cfg.num_frames):
+            bb = copy.deepcopy(model.backbone)
+            bb.pos_embed += model.temporal_embed_a[m]  # the audio position embedding is derived from this one
+            expected = _frozen_audio_forward(bb, audio[:, m], model.audio_grid)
+            assert_close(out.audio_tokens[:, m], expected, ATOL, RTOL, f"audio segment {m}")
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
 def test_audio_reduction_sum_is_three_times_mean(impl):
     cfg = tiny_config(audio_patch_reduction="sum")
     model = IMPLS[impl](cfg).eval()
