@@ -1,8 +1,13 @@
-"""Command line: ``stgcma-fast demo | params | synth | prepare | stats``."""
+"""Command line: ``stgcma-fast demo | params | selftest | synth | prepare | stats``.
+
+Conventions (see :mod:`stgcma_fast.cli_args`): every argument is checked before any work; a mistake is one line on
+stderr, ``stgcma-fast <command>: error: ...``, and exit code 2; ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -11,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .cli_args import ArgumentParser, UsageError, comma_list, nonneg_int, positive_float, positive_int, run_cli
+from .cli_args import torch_device as device_type
 from .config import PRESETS, STGCMAConfig
 from .data.commands import add_data_commands
 from .model import FastSTGCMA
@@ -45,7 +52,11 @@ def _synthetic_batches(cfg: STGCMAConfig, img_size: int, batch: int, n: int, num
 
 
 def demo(args: argparse.Namespace) -> int:
+    """``stgcma-fast demo``: build, report and train on generated clips; prints the loss and clips/s."""
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"argument --amp: expected off or fp16 on {torch.cuda.get_device_name(device)} (no bfloat16), "
+                         f"got 'bf16'")
     torch.manual_seed(args.seed)
     cfg = _demo_config(args, device)
     num_classes = 29
@@ -108,61 +119,72 @@ def params_table() -> str:
     return "\n".join(rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stgcma-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="train STG-CMA for a few steps on generated clips (no downloads)")
-    p.add_argument("--preset", default="clip-b16-base", choices=sorted(PRESETS))
-    p.add_argument("--size", default="auto", choices=("auto", "full", "small"),
-                   help="full-size backbone or a small CLIP-shaped one; auto = full on CUDA, small on CPU")
-    p.add_argument("--frames", type=int, default=10)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=0, help="clips per step (default 8 on CUDA, 2 on CPU)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=demo)
-    p = sub.add_parser("params", help="print the presets' parameter counts as a markdown table")
-    p.set_defaults(func=lambda args: print(params_table()) or 0)
-    p = sub.add_parser("selftest", help="check the Triton kernels on this GPU against the torch contracts and, if "
-                                        "they pass, let FastSTGCMA pick them automatically here")  # fmt: skip
-    p.add_argument("--device", default="auto", help="cuda (default when available), or cpu with TRITON_INTERPRET=1")
-    p.add_argument("--dtypes", default="", help="comma-separated, e.g. bf16,fp16,fp32 (default: all the device runs)")
-    p.add_argument("--ops", default="", help="comma-separated kernel ops (default: all)")
-    p.add_argument("--no-record", action="store_true", help="check only; do not record the verdict")
-    p.set_defaults(func=selftest_command)
-    add_data_commands(sub)  # synth, prepare, stats
-    return parser
-
-
 _DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
                 "fp32": torch.float32, "float32": torch.float32}  # fmt: skip
+
+
+def _kernel_ops() -> tuple[str, ...]:
+    from stgcma_fast.ops.selftest import KERNEL_OPS
+
+    return tuple(KERNEL_OPS)
 
 
 def selftest_command(args: argparse.Namespace) -> int:
     """``stgcma-fast selftest``: exit status 0 when every check passed, 1 otherwise (see ops.selftest)."""
     from stgcma_fast.ops.selftest import KERNEL_OPS, selftest
 
-    names = [d for d in args.dtypes.split(",") if d]
-    unknown = [d for d in names if d not in _DTYPE_NAMES]
-    if unknown:
-        raise SystemExit(f"stgcma-fast selftest: unknown dtypes {unknown}; expected among {sorted(_DTYPE_NAMES)}")
-    ops = [o for o in args.ops.split(",") if o] or list(KERNEL_OPS)
     device = None if args.device == "auto" else args.device
-    try:
-        checks = selftest(device, [_DTYPE_NAMES[d] for d in names] or None, ops, save=not args.no_record)
-    except (RuntimeError, ValueError) as err:
-        raise SystemExit(f"stgcma-fast selftest: {err}") from err
+    resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if resolved.type not in ("cpu", "cuda"):
+        raise UsageError(f"argument --device: expected cuda, cuda:N or cpu, got {args.device!r}")
+    if resolved.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UsageError(f"argument --device: the kernels run on cpu only in the Triton interpreter, got "
+                         f"{args.device!r} without TRITON_INTERPRET=1 (set it, or run on a CUDA device)")
+    checks = selftest(device, [_DTYPE_NAMES[d] for d in args.dtypes] or None, args.ops or list(KERNEL_OPS),
+                      save=not args.no_record)
     failed = [c for c in checks if not c.passed]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed")
     return 1 if failed else 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``stgcma-fast`` parser: one-line errors and ``--debug`` on every subcommand (see ``cli_args``)."""
+    parser = ArgumentParser(prog="stgcma-fast", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+    p = sub.add_parser("demo", help="train STG-CMA for a few steps on generated clips (no downloads)")
+    p.add_argument("--preset", default="clip-b16-base", choices=sorted(PRESETS))
+    p.add_argument("--size", default="auto", choices=("auto", "full", "small"),
+                   help="full-size backbone or a small CLIP-shaped one; auto = full on CUDA, small on CPU")
+    p.add_argument("--frames", type=positive_int, default=10)
+    p.add_argument("--steps", type=positive_int, default=30)
+    p.add_argument("--batch-size", type=nonneg_int, default=0,
+                   help="clips per step (0, the default: 8 on CUDA, 2 on CPU)")
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--device", type=device_type, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"))
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=demo)
+    p = sub.add_parser("params", help="print the presets' parameter counts as a markdown table")
+    p.set_defaults(func=lambda args: print(params_table()) or 0)
+    p = sub.add_parser("selftest", help="check the Triton kernels on this GPU against the torch contracts and, if "
+                                        "they pass, let FastSTGCMA pick them automatically here")  # fmt: skip
+    p.add_argument("--device", type=device_type, default="auto",
+                   help="cuda (default when available), cuda:N, or cpu with TRITON_INTERPRET=1")
+    p.add_argument("--dtypes", type=comma_list(sorted(_DTYPE_NAMES)), default=[],
+                   help="comma-separated, e.g. bf16,fp16,fp32 (default: all the device runs)")
+    p.add_argument("--ops", type=comma_list(_kernel_ops), default=[],
+                   help="comma-separated kernel ops (default: all)")
+    p.add_argument("--no-record", action="store_true", help="check only; do not record the verdict")
+    p.set_defaults(func=selftest_command)
+    add_data_commands(sub)  # synth, prepare, stats
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run ``stgcma-fast`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code (0 ok, 1 a check or
+    some media failed, 2 a usage error reported on one line, 130 interrupted)."""
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":
