@@ -4,7 +4,7 @@ the input pipelines.
 Imported eagerly (no PyAV, no DALI): the metadata readers, ``fbank``, ``frontend``, ``augment``. Everything that needs
 PyAV or DALI is importable from here too but loaded on first use (:data:`_LAZY` names the module of each), so
 ``import stgcma_fast.data`` works without PyAV or DALI: ``audio_io`` (decode / write audio), ``video`` (frames),
-``loader`` (the AVE iterator and the shared sampler / collate / skip machinery), ``avs_loader`` (AVSBench-S4),
+``pipeline`` (the shared sampler / collate / skip machinery and iterators), ``ave_loader`` (AVE), ``avs_loader`` (AVSBench-S4),
 ``avqa_loader`` (MUSIC-AVQA), ``synth`` (synthetic datasets), ``prepare`` (audio extraction, statistics) and
 ``dali`` (the DALI path; DALI itself is imported only when a pipeline is built).
 """
@@ -53,8 +53,8 @@ _LAZY_MODULES: dict[str, tuple[str, ...]] = {
     "audio_io": ("MediaError", "decode_audio", "write_audio"),
     "video": ("CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD", "FrameSettings", "VideoInfo", "decode_frames",
               "load_frames", "preprocess_frames", "probe_video", "sample_indices"),
-    "loader": ("AveDataset", "AveLoader", "BaseLoader", "DroppedBatch", "EpochSummary", "MediaLoader", "ShardSampler",
-               "SkippedClip", "collate"),
+    "ave_loader": ("AveDataset", "AveLoader"),
+    "pipeline": ("BaseLoader", "DroppedBatch", "EpochSummary", "MediaLoader", "ShardSampler", "SkippedClip", "collate"),
     "avs_loader": ("S4Dataset", "S4Loader", "s4_frame_settings", "s4_frontend_settings"),
     "avqa_loader": ("AvqaDataset", "AvqaLoader", "avqa_frame_settings"),
     "synth": ("SynthAveClip", "SynthS4Clip", "synth_ave", "synth_avqa", "synth_avs_s4"),

@@ -57,7 +57,7 @@ from stgcma_fast.data.avqa import (
     read_avqa_questions,
 )
 from stgcma_fast.data.frontend import AudioFrontEnd, AudioFrontEndSettings
-from stgcma_fast.data.loader import AUDIO_DIR, MediaLoader, SkippedClip, item_generator, resolve_media
+from stgcma_fast.data.pipeline import AUDIO_DIR, MediaLoader, SkippedClip, item_generator, resolve_media
 from stgcma_fast.data.video import FrameSettings, load_frames
 
 AVQA_CLIP_SECONDS: float = 60.0

@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 from stgcma_fast.data.audio_io import SAMPLE_RATE, MediaError, decode_audio
 from stgcma_fast.data.avs import S4_NUM_FRAMES, SPLITS, S4Record, s4_records
 from stgcma_fast.data.frontend import AVS_S4_SWIN_MEAN, AVS_S4_SWIN_STD, AudioFrontEnd, AudioFrontEndSettings
-from stgcma_fast.data.loader import MediaLoader, SkippedClip
+from stgcma_fast.data.pipeline import MediaLoader, SkippedClip
 from stgcma_fast.data.video import IMAGENET_MEAN, IMAGENET_STD, FrameSettings, preprocess_frames, resized_size
 
 S4_CLIP_SECONDS: float = 5.0

@@ -39,8 +39,9 @@ import numpy as np
 import torch
 
 from stgcma_fast.data.audio_io import MediaError, decode_audio, fit_length
+from stgcma_fast.data.ave_loader import AveDataset
 from stgcma_fast.data.frontend import AudioFrontEnd
-from stgcma_fast.data.loader import AUDIO_SUFFIXES, AveDataset, BaseLoader, SkippedClip, collate, logger
+from stgcma_fast.data.pipeline import AUDIO_SUFFIXES, BaseLoader, SkippedClip, collate, logger
 from stgcma_fast.data.video import check_length, probe_video, sample_indices
 
 CPU_CODECS: frozenset[str] = frozenset({"vp8", "vp9", "mjpeg"})
@@ -264,7 +265,7 @@ def make_ave_loader(dataset: AveDataset, batch_size: int, backend: str = "auto",
     DALI's CPU decoder reads (VP8/VP9/MJPEG, judged by the file suffix .mkv/.webm), else PyAV. Keyword arguments go
     to the chosen class (``num_workers``, ``drop_last``, ``persistent_workers``, ``prefetch_factor`` and
     ``pin_memory`` only to PyAV's; ``dali_device``, ``num_threads``, ``device_id`` only to DALI's)."""
-    from stgcma_fast.data.loader import AveLoader
+    from stgcma_fast.data.ave_loader import AveLoader
 
     if backend not in ("auto", "pyav", "dali"):
         raise ValueError(f"expected backend in ('auto', 'pyav', 'dali'), got {backend!r}")

@@ -23,8 +23,9 @@ import torch
 
 from stgcma_fast.data.audio_io import SAMPLE_RATE, MediaError, decode_audio, write_audio
 from stgcma_fast.data.ave import CLIP_SECONDS
+from stgcma_fast.data.ave_loader import VIDEO_DIR, ave_items, read_split
 from stgcma_fast.data.frontend import AudioFrontEnd, AudioFrontEndSettings, compute_stats
-from stgcma_fast.data.loader import AUDIO_DIR, VIDEO_DIR, VIDEO_SUFFIXES, ave_items, index_media_folder, read_split
+from stgcma_fast.data.pipeline import AUDIO_DIR, VIDEO_SUFFIXES, index_media_folder
 from stgcma_fast.data.video import FrameSettings, check_length, probe_video
 
 AUDIO_FORMATS: tuple[str, ...] = ("wav", "flac")
