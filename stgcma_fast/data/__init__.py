@@ -5,8 +5,8 @@ Imported eagerly (no PyAV, no DALI): the metadata readers, ``fbank``, ``frontend
 PyAV or DALI is importable from here too but loaded on first use (:data:`_LAZY` names the module of each), so
 ``import stgcma_fast.data`` works without PyAV or DALI: ``audio_io`` (decode / write audio), ``video`` (frames),
 ``pipeline`` (the shared sampler / collate / skip machinery and iterators), ``ave_loader`` (AVE), ``avs_loader``
-(AVSBench-S4), ``avqa_loader`` (MUSIC-AVQA), ``synth`` (synthetic datasets), ``prepare`` (audio extraction, statistics) and
-``dali`` (the DALI path; DALI itself is imported only when a pipeline is built).
+(AVSBench-S4), ``avqa_loader`` (MUSIC-AVQA), ``synth`` (synthetic datasets), ``prepare`` (audio extraction,
+statistics) and ``dali`` (the DALI path; DALI itself is imported only when a pipeline is built).
 """
 
 from __future__ import annotations
