@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +67,14 @@ class STGCMAConfig:
     drop_path_rate: float = 0.2
 
     def __post_init__(self) -> None:
-        self.stages = tuple(self.stages)
-        self.audio_size = tuple(self.audio_size)
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ValueError(f"expected backbone to be a non-empty timm model name (str), got {_got(self.backbone)}")
+        if not isinstance(self.backbone_kwargs, Mapping) or not all(isinstance(k, str) for k in self.backbone_kwargs):
+            raise ValueError(f"expected backbone_kwargs to be a dict of str keys, got {_got(self.backbone_kwargs)}")
         self.backbone_kwargs = dict(self.backbone_kwargs)
+        if not isinstance(self.stages, (tuple, list)) or not all(isinstance(s, str) for s in self.stages):
+            raise ValueError(f"expected stages to be a tuple of names from {STAGES}, got {_got(self.stages)}")
+        self.stages = tuple(self.stages)
         _check_choice("fusion", self.fusion, FUSIONS)
         _check_choice("branches", self.branches, BRANCHES)
         _check_choice("audio_patch_reduction", self.audio_patch_reduction, AUDIO_PATCH_REDUCTIONS)
@@ -78,19 +84,25 @@ class STGCMAConfig:
         self.stages = tuple(s for s in STAGES if s in self.stages)  # canonical order
         if isinstance(self.adapter, bool) or not isinstance(self.adapter, (str, int, float)):
             raise ValueError(f"expected adapter to be 'tiny', 'base', a ratio in (0, 1] or a width >= 1, "
-                             f"got {self.adapter!r}")
+                             f"got {_got(self.adapter)}")
         if isinstance(self.adapter, str):
             _check_choice("adapter", self.adapter, ("tiny", "base"))
         elif isinstance(self.adapter, int) and self.adapter < 1:
             raise ValueError(f"expected an adapter width >= 1, got {self.adapter}")
         elif isinstance(self.adapter, float) and not 0.0 < self.adapter <= 1.0:
             raise ValueError(f"expected an adapter ratio in (0, 1], got {self.adapter}")
-        if not isinstance(self.num_frames, int) or self.num_frames < 1:
-            raise ValueError(f"expected num_frames >= 1, got {self.num_frames!r}")
-        if len(self.audio_size) != 2 or any(not isinstance(s, int) or s < 1 for s in self.audio_size):
-            raise ValueError(f"expected audio_size = (T, F) positive ints, got {self.audio_size!r}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"expected drop_path_rate in [0, 1), got {self.drop_path_rate}")
+        if isinstance(self.num_frames, bool) or not isinstance(self.num_frames, int) or self.num_frames < 1:
+            raise ValueError(f"expected num_frames to be an int >= 1, got {_got(self.num_frames)}")
+        if (not isinstance(self.audio_size, (tuple, list)) or len(self.audio_size) != 2
+                or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.audio_size)):
+            raise ValueError(f"expected audio_size = (T, F) positive ints, got {_got(self.audio_size)}")
+        self.audio_size = tuple(self.audio_size)
+        if not isinstance(self.shared_gates, bool):
+            raise ValueError(f"expected shared_gates to be a bool, got {_got(self.shared_gates)}")
+        rate = self.drop_path_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"expected drop_path_rate to be a number in [0, 1), got {_got(rate)}")
+        self.drop_path_rate = float(rate)
 
     @property
     def has_video(self) -> bool:
@@ -134,6 +146,8 @@ class STGCMAConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> STGCMAConfig:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"expected a dict of STGCMAConfig fields, got {_got(d)}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -141,6 +155,12 @@ class STGCMAConfig:
         return cls(**d)
 
 
+def _got(value: Any) -> str:
+    """``'0.1' (str)``: a received value and its type, for error messages."""
+    return f"{value!r} ({type(value).__name__})"
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"expected {name} to be one of {choices}, got {value!r}")
+    if not isinstance(value, str) or value not in choices:
+        shown = repr(value) if isinstance(value, str) else _got(value)
+        raise ValueError(f"expected {name} to be one of {choices}, got {shown}")

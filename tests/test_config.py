@@ -28,9 +28,9 @@ def test_explicit_widths_and_ratios():
     ("adapter", 0, r"adapter width >= 1, got 0"),
     ("adapter", 1.5, r"adapter ratio in \(0, 1\], got 1.5"),
     ("adapter", True, r"expected adapter to be"),
-    ("num_frames", 0, r"num_frames >= 1"),
+    ("num_frames", 0, r"expected num_frames to be an int >= 1, got 0 \(int\)"),
     ("audio_size", (102,), r"audio_size = \(T, F\)"),
-    ("drop_path_rate", 1.0, r"drop_path_rate in \[0, 1\)"),
+    ("drop_path_rate", 1.0, r"expected drop_path_rate to be a number in \[0, 1\), got 1.0 \(float\)"),
     ("audio_patch_reduction", "max", r"audio_patch_reduction to be one of"),
 ])
 def test_invalid_values_are_refused(field, value, message):
