@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from stgcma_fast.fileio import read_lines
+
 AVE_CATEGORIES: tuple[str, ...] = (
     "Church bell",
     "Male speech, man speaking",
@@ -183,23 +185,33 @@ def parse_ave_lines(lines: Iterable[str], source: str = "<lines>") -> list[AveCl
 def read_ave_annotations(path: str | Path) -> list[AveClip]:
     """Read ``Annotations.txt`` or a split file (``trainSet.txt`` ...), with or without a header row.
 
-    Returns the clips in file order. Raises ``FileNotFoundError`` if absent and ``ValueError`` naming the file and the
-    line number for a malformed line.
+    Returns the clips in file order. The file is UTF-8 (a byte-order mark is accepted). Raises
+    ``FileNotFoundError`` naming the path if absent, and ``ValueError`` naming the file and the line for a malformed
+    line or bytes that are not UTF-8, and naming the file when it holds no clip.
     """
     path = Path(path)
-    with path.open("r", encoding="utf-8-sig") as handle:
-        return parse_ave_lines(handle, source=str(path))
+    clips = parse_ave_lines(read_lines(path, "AVE annotation file"), source=str(path))
+    if not clips:
+        raise ValueError(f"{path}: no clips (empty, or only a header / blank lines); expected one "
+                         f"Category&VideoID&Quality&StartTime&EndTime line per clip")
+    return clips
 
 
 def read_ave_split(annotation_dir: str | Path, split: str) -> list[AveClip]:
     """Clips of one official split, read from ``<annotation_dir>/<SPLIT_FILES[split]>``.
 
     File order is kept, so row indices (as in the ``*_order.h5`` files of the AVE code, which index
-    ``Annotations.txt`` rows) address the returned list directly.
+    ``Annotations.txt`` rows) address the returned list directly. A split file without clips is a ``ValueError``
+    naming the split and its path.
     """
     if split not in SPLIT_FILES:
         raise ValueError(f"expected split in {list(SPLIT_FILES)}, got {split!r}")
-    return read_ave_annotations(Path(annotation_dir) / SPLIT_FILES[split])
+    path = Path(annotation_dir) / SPLIT_FILES[split]
+    clips = parse_ave_lines(read_lines(path, f"AVE {split} split file"), source=str(path))
+    if not clips:
+        raise ValueError(f"split {split!r} holds no clips: {path} is empty or has only a header / blank lines; "
+                         f"expected one Category&VideoID&Quality&StartTime&EndTime line per clip")
+    return clips
 
 
 def labels_tensor(clips: Sequence[AveClip]) -> torch.Tensor:

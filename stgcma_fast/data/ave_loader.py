@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from stgcma_fast.data.audio_io import SAMPLE_RATE, MediaError, decode_audio
-from stgcma_fast.data.ave import CLIP_SECONDS, AveClip, read_ave_annotations
+from stgcma_fast.data.ave import CLIP_SECONDS, AveClip, read_ave_split
 from stgcma_fast.data.pipeline import AUDIO_DIR, MediaLoader, SkippedClip, item_generator, resolve_media
 from stgcma_fast.data.video import FrameSettings, load_frames
 
@@ -62,7 +62,7 @@ def read_split(root: str | Path, split: str) -> list[AveClip]:
     """Clips of ``split`` (train / val / test / all) from ``<root>/<trainSet|valSet|testSet|Annotations>.txt``."""
     if split not in SPLIT_FILES:
         raise ValueError(f"expected split in {sorted(SPLIT_FILES)}, got {split!r}")
-    return read_ave_annotations(Path(root) / SPLIT_FILES[split])
+    return read_ave_split(root, split)  # a split without clips is an error naming the split and its file
 
 
 

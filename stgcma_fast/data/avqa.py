@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from stgcma_fast.fileio import read_json
+
 ANSWERS: tuple[str, ...] = (
     "two", "cello", "congas", "zero", "no", "pipa", "six", "yes", "one", "four", "three", "seven", "five", "ukulele",
     "right", "piano", "left", "accordion", "clarinet", "guzheng", "more than ten", "nine", "indoor", "saxophone",
@@ -135,12 +137,18 @@ def parse_avqa_item(item: dict, where: str = "") -> AvqaQuestion:
 
 
 def read_avqa_questions(path: str | Path) -> list[AvqaQuestion]:
-    """Read ``avqa-*.json`` (a JSON list of question objects) in file order."""
+    """Read ``avqa-*.json`` (a JSON list of question objects) in file order.
+
+    The file is UTF-8 (a byte-order mark is accepted). Raises ``FileNotFoundError`` naming the path if absent, and
+    ``ValueError`` naming the file (and line, for invalid JSON or bytes that are not UTF-8, or the item index, for a
+    malformed question), and naming the split file when it holds no question.
+    """
     path = Path(path)
-    with path.open("r", encoding="utf-8") as handle:
-        items = json.load(handle)
+    items = read_json(path, "MUSIC-AVQA question file")
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of questions, got {type(items).__name__}")
+    if not items:
+        raise ValueError(f"split file {path} holds no questions (an empty JSON list); expected one object per question")
     return [parse_avqa_item(item, where=f"{path}[{i}]") for i, item in enumerate(items)]
 
 

@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from collections.abc import Sequence
+import io
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+from stgcma_fast.fileio import read_text
 
 S4_NUM_FRAMES: int = 5
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -106,39 +110,60 @@ def _column_indices(header: Sequence[str], source: str) -> dict[str, int | None]
     return found
 
 
+def _rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The rows of a ``csv.reader``, its errors (a NUL byte, an unclosed quote) as ValueErrors naming file and line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise ValueError(f"{path}:{reader.line_num}: not a valid CSV row ({exc})") from exc
+        yield row
+
+
 def read_s4_metadata(path: str | Path, split: str | None = None) -> list[S4MetaRow]:
-    """Read ``s4_meta_data.csv`` (header row required); keep only ``split`` if given. Rows in file order."""
+    """Read ``s4_meta_data.csv`` (header row required); keep only ``split`` if given. Rows in file order.
+
+    The file is UTF-8 (a byte-order mark is accepted). Raises ``FileNotFoundError`` naming the path if absent, and
+    ``ValueError`` naming the file and line for a malformed row or bytes that are not UTF-8, and naming the split and
+    the file when no row is left.
+    """
     path = Path(path)
     if split is not None and split not in SPLITS:
         raise ValueError(f"expected split in {SPLITS}, got {split!r}")
     rows: list[S4MetaRow] = []
-    with path.open("r", encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty file; expected a header row and one row per clip")
-        cols = _column_indices(header, str(path))
-        for lineno, fields in enumerate(reader, start=2):
-            if not any(f.strip() for f in fields):
-                continue
-            where = f"{path}:{lineno}"
-            needed = max(i for i in cols.values() if i is not None)
-            if len(fields) <= needed:
-                raise ValueError(f"{where}: expected at least {needed + 1} fields, got {len(fields)}: {fields}")
-            row_split = fields[cols["split"]].strip()
-            if row_split not in SPLITS:
-                raise ValueError(f"{where}: expected split in {SPLITS}, got {row_split!r}")
-            start: float | None = None
-            if cols["start"] is not None and fields[cols["start"]].strip():
-                try:
-                    start = float(fields[cols["start"]])
-                except ValueError:
-                    raise ValueError(f"{where}: expected a numeric start time, got {fields[cols['start']]!r}") from None
-            name, category = fields[cols["name"]].strip(), fields[cols["category"]].strip()
-            if not name or not category:
-                raise ValueError(f"{where}: empty name or category in {fields}")
-            if split is None or row_split == split:
-                rows.append(S4MetaRow(name=name, category=category, split=row_split, start=start))
+    reader = csv.reader(io.StringIO(read_text(path, "AVSBench-S4 metadata file"), newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise ValueError(f"{path}: empty file; expected a header row and one row per clip")
+    cols = _column_indices(header, str(path))
+    for fields in _rows(reader, path):
+        if not any(f.strip() for f in fields):
+            continue
+        where = f"{path}:{reader.line_num}"
+        needed = max(i for i in cols.values() if i is not None)
+        if len(fields) <= needed:
+            raise ValueError(f"{where}: expected at least {needed + 1} fields, got {len(fields)}: {fields}")
+        row_split = fields[cols["split"]].strip()
+        if row_split not in SPLITS:
+            raise ValueError(f"{where}: expected split in {SPLITS}, got {row_split!r}")
+        start: float | None = None
+        if cols["start"] is not None and fields[cols["start"]].strip():
+            try:
+                start = float(fields[cols["start"]])
+            except ValueError:
+                raise ValueError(f"{where}: expected a numeric start time, got {fields[cols['start']]!r}") from None
+        name, category = fields[cols["name"]].strip(), fields[cols["category"]].strip()
+        if not name or not category:
+            raise ValueError(f"{where}: empty name or category in {fields}")
+        if split is None or row_split == split:
+            rows.append(S4MetaRow(name=name, category=category, split=row_split, start=start))
+    if not rows:
+        if split is not None:
+            raise ValueError(f"split {split!r} holds no clips: {path} has no row with split == {split!r}; expected "
+                             f"one row per clip under the header {header}")
+        raise ValueError(f"{path}: no clips (only a header); expected one row per clip under the header {header}")
     return rows
 
 
