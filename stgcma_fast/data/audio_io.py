@@ -2,10 +2,20 @@
 
 :func:`decode_audio` reads the first audio stream of any container PyAV opens (mp4/m4a with AAC, mkv/webm with Opus or
 Vorbis, wav, flac, ...) and resamples it to mono float32 at 16 kHz with
-``av.AudioResampler(format="flt", layout="mono", rate=16000)`` (flushed with ``resample(None)``). With ``seconds``
-the result is cut to exactly ``round(seconds * rate)`` samples, or zero-padded when it falls short by at most
-``tolerance_seconds`` (default 0.1 s: AAC / Opus frame rounding and priming); a larger shortfall is an error, never a
-silent zero fill. Missing, unreadable, corrupt, audio-less or too-short files raise :class:`MediaError` naming the file.
+``av.AudioResampler(format="flt", layout="mono", rate=16000)`` (flushed with ``resample(None)``).
+
+Timeline: in a file with a video stream, the audio is placed on the VIDEO's timeline by its timestamps, so sample
+``s`` is the sound at ``s / rate`` seconds after the first video frame (the origin of the frame sampling in
+:mod:`stgcma_fast.data.video`): an audio track that starts later than the video is preceded by zeros for the time
+it does not cover (that time is silent in the file: padding of missing time, not a zero-filled corrupt clip), one
+that starts earlier is cut. An audio-only file starts at its first sample. Inside the track, a jump of the
+timestamps by more than ``tolerance_seconds`` (lost packets) is an error.
+
+With ``seconds`` the result is cut to exactly ``round(seconds * rate)`` samples, or zero-padded at the end when it
+falls short by at most ``tolerance_seconds`` (default 0.1 s: AAC / Opus frame rounding and priming); a larger
+shortfall is an error, never a silent zero fill. Missing, unreadable, corrupt, audio-less or too-short files, and
+every error FFmpeg reports (decoders run with ``err_detect=crccheck+explode``; frames marked corrupt), raise
+:class:`MediaError` naming the file.
 
 :func:`write_audio` writes a mono waveform: WAV (16-bit PCM) or FLAC (16-bit) for the ``prepare`` step, and AAC
 (``.m4a`` / ``.mp4``) or Opus (``.mkv`` / ``.webm`` / ``.opus`` / ``.ogg``) for tests.
@@ -13,6 +23,7 @@ silent zero fill. Missing, unreadable, corrupt, audio-less or too-short files ra
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -57,17 +68,57 @@ def fit_length(
     return torch.nn.functional.pad(waveform, (0, num_samples - have))
 
 
+def video_start(container: av.container.InputContainer) -> Fraction | None:
+    """The presentation time (seconds) of the first frame of ``container``'s first video stream (FFmpeg's
+    ``start_time``): the origin of the timeline frames and audio segments are placed on. None without a video
+    stream or a start time (the audio is then not moved)."""
+    if not container.streams.video:
+        return None
+    stream = container.streams.video[0]
+    if stream.start_time is None or stream.time_base is None:
+        return None
+    return stream.start_time * stream.time_base
+
+
+def _decoded_audio(container: av.container.InputContainer, sample_rate: int, tolerance_seconds: float, path: Path
+                   ) -> tuple[list[np.ndarray], Fraction | None]:
+    """Mono float32 chunks at ``sample_rate``, and the first frame's presentation time (seconds, None if untimed)."""
+    stream = container.streams.audio[0]
+    stream.codec_context.options = {"err_detect": "crccheck+explode"}
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    chunks: list[np.ndarray] = []
+    first: Fraction | None = None
+    expected: Fraction | None = None  # where the next frame should start if no time is missing
+    for frame in container.decode(stream):
+        if frame.is_corrupt:
+            raise MediaError(path, f"the decoder reports an audio frame corrupt (at {float(expected or 0):.2f} s)")
+        if frame.pts is not None and frame.time_base is not None:
+            time = frame.pts * frame.time_base
+            first = time if first is None else first
+            if expected is not None and time - expected > tolerance_seconds:
+                raise MediaError(path, f"audio corrupt: its timestamps jump from {float(expected - first):.2f} s to "
+                                       f"{float(time - first):.2f} s (lost packets)")
+            expected = time + Fraction(frame.samples, frame.sample_rate)
+        chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
+    chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+    return chunks, first
+
+
 def decode_audio(
     path: str | Path,
     sample_rate: int = SAMPLE_RATE,
     seconds: float | None = None,
     tolerance_seconds: float = 0.1,
+    align: bool = True,
 ) -> torch.Tensor:
-    """Decode the first audio stream of ``path`` to mono float32 at ``sample_rate``.
+    """Decode the first audio stream of ``path`` to mono float32 at ``sample_rate``, on the video's timeline.
 
     Args:
         seconds: if given, return exactly ``round(seconds * sample_rate)`` samples (see the module doc).
-        tolerance_seconds: the largest shortfall that is zero-padded rather than reported.
+        tolerance_seconds: the largest shortfall that is zero-padded at the end rather than reported, and the
+            largest jump of the timestamps inside the track that is not reported.
+        align: place the audio on the video stream's timeline (pad a late start, cut an early one); False keeps
+            the track as it starts.
 
     Returns:
         (S,) float32 tensor, samples in [-1, 1] for integer-coded sources.
@@ -75,16 +126,12 @@ def decode_audio(
     path = Path(path)
     if not path.is_file():
         raise MediaError(path, "file not found")
-    chunks: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise MediaError(path, "no audio stream")
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-            for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))
+            origin = video_start(container) if align else None
+            chunks, first = _decoded_audio(container, sample_rate, tolerance_seconds, path)
     except MediaError:
         raise
     except _DECODE_ERRORS as exc:
@@ -92,6 +139,14 @@ def decode_audio(
     waveform = torch.from_numpy(np.concatenate(chunks).astype(np.float32, copy=False)) if chunks else torch.zeros(0)
     if waveform.numel() == 0:
         raise MediaError(path, "the audio stream decodes to no samples")
+    if origin is not None and first is not None:
+        offset = round((first - origin) * sample_rate)  # > 0: the audio starts after the first video frame
+        if offset >= 0:
+            waveform = torch.nn.functional.pad(waveform, (offset, 0))
+        elif -offset >= waveform.numel():
+            raise MediaError(path, f"the audio ends before the video starts ({float(first - origin):.2f} s earlier)")
+        else:
+            waveform = waveform[-offset:]
     if seconds is None:
         return waveform
     return fit_length(waveform, round(seconds * sample_rate), round(tolerance_seconds * sample_rate), path)
