@@ -1,4 +1,4 @@
-"""`ReferenceSTGCMA`: plain PyTorch, written to read like the spec (``STGCMA.md``), equation by equation.
+"""`ReferenceSTGCMA`: plain PyTorch, written to read like the spec (``docs/model.md``), equation by equation.
 
 It is the ground truth of every parity test and benchmark, and shares no forward code with the fast path.
 Layouts: x_v (B, M, N_v, D), x_a (B, K, N_a, D), K = M, class token first.

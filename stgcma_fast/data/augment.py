@@ -1,13 +1,13 @@
 """Training-time augmentation of STG-CMA batches: SpecAugment over the whole clip, and audio-visual mixup.
 
-SpecAugment (STGCMA.md: "freq mask 48, time mask 192 over the whole 10 s"): the K segments of a clip are seen as one
+SpecAugment (docs/tasks.md: "freq mask 48, time mask 192 over the whole 10 s"): a clip's K segments are seen as one
 (K * T, F) spectrogram; one frequency mask (width uniform in [0, 48), the same bins in every segment) and one time
 mask (width uniform in [0, 192), a contiguous run that may span segment borders) per clip, drawn independently for
 each clip exactly as ``torchaudio.functional.mask_along_axis_iid`` draws them (``width = int(u * param)``,
 ``start = int(v * (size - u * param))``). Masked values are set to ``mask_value`` (0 = the dataset mean once the
 features are normalised).
 
-Mixup (STGCMA.md: "mixup 0.5"): the number is ambiguous. Read as timm's ``mixup_alpha`` it is the Beta(0.5, 0.5)
+Mixup (docs/tasks.md: "mixup 0.5"): the number is ambiguous. Read as timm's ``mixup_alpha`` it is the Beta(0.5, 0.5)
 parameter, applied to every batch (the default here: ``alpha=0.5, prob=1.0``). Read as AST's ``--mixup 0.5`` (the
 loaders STG-CMA descends from mix waveforms inside ``_wav2fbank`` with ``lambda ~ Beta(10, 10)``) it is the
 probability that a sample is mixed: use ``alpha=10.0, prob=0.5`` (:data:`AST_MIXUP`). Both mix audio, video and labels

@@ -8,7 +8,7 @@ What the authors' loaders (the LAVisH-derived ``_wav2fbank`` of the STG-CMA AVE 
    authors) ``starts = np.linspace(0, S - sr * (L + 0.1), num=K, dtype=int)``: K one-second windows spread evenly over
    the clip, the last ending 0.1 s before its end (for 10 s / K = 10: starts 0, 0.989, 1.978, ... 8.9 s). The
    authors fall back to the whole waveform when ``S <= sr * (L + 0.1)``; here that raises ``ValueError`` instead.
-   ``segmentation="contiguous"`` uses ``[m L, (m + 1) L)`` seconds instead (STGCMA.md's plain reading);
+   ``segmentation="contiguous"`` uses ``[m L, (m + 1) L)`` seconds instead (the plain reading, docs/model.md);
 3. Kaldi fbank of the segment (:func:`~stgcma_fast.data.fbank.kaldi_fbank`): ViT/CLIP 128 bins, 10 ms shift
    (98 frames per second); Swin 224 bins, 4.4 ms shift (70 samples, 223 frames per second);
 4. normalise ``(fbank - mean) / (2 * std)`` (AVE statistics by default: mean -4.1426, std 3.2001);
