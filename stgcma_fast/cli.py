@@ -22,6 +22,7 @@ from .config import PRESETS, STGCMAConfig
 from .data.commands import add_data_commands
 from .model import FastSTGCMA
 from .modules import AVEHead
+from .train.cli import add_train_commands
 
 # A CLIP-shaped ViT (QuickGELU, pre-norm, 16 x 16 patches, class token) small enough to train on a laptop CPU.
 CPU_DEMO_BACKBONE = {"img_size": 112, "embed_dim": 192, "depth": 4, "num_heads": 3}
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", action="store_true", help="check only; do not record the verdict")
     p.set_defaults(func=selftest_command)
     add_data_commands(sub)  # synth, prepare, stats
+    add_train_commands(sub)  # train, eval
     return parser
 
 
