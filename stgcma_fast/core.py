@@ -2,6 +2,12 @@
 
 No forward computation lives here: :class:`stgcma_fast.reference.ReferenceSTGCMA` and
 :class:`stgcma_fast.model.FastSTGCMA` each implement their own.
+
+Non-finite values: both models propagate NaN and Inf like every torch module: inputs are checked for shape, dtype
+and device, never for finiteness, and nothing is masked. A NaN or Inf anywhere in one clip's video or audio reaches
+that clip's outputs (attention mixes it into every token of the frame, temporal attention into every frame, the
+AV-Adapters into the other modality); clips never mix, so the other clips of the batch stay finite. Catching a
+non-finite loss is the training loop's job.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def cleanup_stale_temps(path: str | Path, max_age_s: float = STALE_AFTER_S) -> l
 def _path_error(cls: type[OSError], path: Path, what: str, cause: OSError | None = None) -> OSError:
     err = cls(f"cannot write {path}: {what}")
     if cause is not None:
-        err.errno, err.filename = cause.errno, cause.filename
+        err.errno = cause.errno  # (not filename: str() would then show only errno, strerror and filename)
     return err
 
 
