@@ -101,13 +101,14 @@ def _path_kind(path: Path) -> str:
     return "no such file or folder"
 
 
-def _writable_problem(path: Path) -> tuple[type[OSError], str] | None:
-    """Why ``path`` cannot be (or become) a writable folder, or None. Looks only: creates nothing."""
+def _writable_problem(path: Path, it: str = "it") -> tuple[type[OSError], str] | None:
+    """Why ``path`` cannot be (or become) a writable folder, or None (``it``: how the reason names ``path``).
+    Looks only: creates nothing."""
     if path.exists():
         if not path.is_dir():
-            return NotADirectoryError, f"it is {_path_kind(path)}"
+            return NotADirectoryError, f"{it} is {_path_kind(path)}"
         if not os.access(path, os.W_OK | os.X_OK):
-            return PermissionError, "it is not writable"
+            return PermissionError, f"{it} is not writable"
         return None
     for parent in path.absolute().parents:  # the nearest existing one decides
         if parent.exists() or parent.is_symlink():
@@ -127,10 +128,7 @@ def _output_problem(path: Path) -> tuple[type[OSError], str] | None:
         return IsADirectoryError, "it is a folder"
     if path.exists() and not os.access(path, os.W_OK):
         return PermissionError, "it is not writable"
-    problem = _writable_problem(path.parent)
-    if problem is not None:
-        return problem[0], f"its folder cannot be written: {problem[1]}"
-    return None
+    return _writable_problem(path.parent, it=f"'{path.parent}'")
 
 
 def check_existing_dir(name: str, path: str | os.PathLike) -> Path:
@@ -308,7 +306,7 @@ def one_line(message: object) -> str:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line on stderr, ``<prog>: error: <message> (see <prog> --help)``,
+    """An ``ArgumentParser`` whose errors are one line on stderr, ``<prog>: error: <message> (see --help)``,
     and exit code 2 (no usage block), with a ``--debug`` flag on every (sub)parser, and whose subparsers are of
     the same class. The parsed namespace records the innermost command's ``prog`` as ``command_prog``."""
 
@@ -330,7 +328,7 @@ class ArgumentParser(argparse.ArgumentParser):
         return namespace, extras
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
 def is_user_error(exc: BaseException) -> bool:
