@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from stgcma_fast.cli_args import check_existing_dir, check_float, check_int, check_writable_dir
 from stgcma_fast.data.audio_io import SAMPLE_RATE, MediaError, decode_audio, write_audio
 from stgcma_fast.data.ave import CLIP_SECONDS
 from stgcma_fast.data.ave_loader import VIDEO_DIR, ave_items, read_split
@@ -84,8 +85,17 @@ def prepare_audio(
     """
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"expected audio_format in {AUDIO_FORMATS}, got {audio_format!r}")
-    root = Path(root)
-    out = Path(out_dir) if out_dir is not None else root / AUDIO_DIR
+    root = check_existing_dir("root", root)  # every argument before anything is written
+    if not (root / "Annotations.txt").is_file() and not (root / VIDEO_DIR).is_dir():
+        raise FileNotFoundError(f"expected root to be an AVE folder (with Annotations.txt and/or {VIDEO_DIR}/), got "
+                                f"'{root}' (it has neither)")
+    check_float("seconds", seconds, 0, lo_open=True)
+    check_int("sample_rate", sample_rate, 8000, 192000)
+    check_int("workers", workers, 1)
+    check_int("min_frames", min_frames, 1)
+    if isinstance(video_ids, (str, bytes)):
+        raise ValueError(f"expected video_ids to be a sequence of ids or None, got {video_ids!r} (a string)")
+    out = check_writable_dir("out_dir", out_dir if out_dir is not None else root / AUDIO_DIR)
     out.mkdir(parents=True, exist_ok=True)
     videos = index_media_folder(root / VIDEO_DIR, VIDEO_SUFFIXES)
     if video_ids is None:
@@ -153,7 +163,11 @@ def fbank_stats(
     Audio comes from the prepared files (default ``<root>/audio_wav``) or, where there is none, the video's track.
     Clips whose audio fails are listed in ``failed`` and left out. ``per_item``: see ``compute_stats``.
     """
-    root = Path(root)
+    root = check_existing_dir("root", root)  # every argument before any work
+    if max_clips is not None:
+        check_int("max_clips", max_clips, 1)
+    if audio_dir is not None:
+        check_existing_dir("audio_dir", audio_dir)
     settings = settings or AudioFrontEndSettings.vit()
     front = AudioFrontEnd(settings)
     clips = read_split(root, split)

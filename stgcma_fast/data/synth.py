@@ -38,6 +38,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from stgcma_fast.cli_args import check_float, check_int, check_writable_dir
 from stgcma_fast.data.ave import AVE_CATEGORIES, CLIP_SECONDS, per_second_labels
 from stgcma_fast.data.avqa import ANSWERS
 from stgcma_fast.data.avs import AVS_S4_CATEGORIES, S4_NUM_FRAMES
@@ -370,12 +371,19 @@ def synth_ave(
         distractor_prob: see the module doc (0: the motif and the sound occur only in event seconds).
         progress: called as ``progress(done, total)`` after each clip.
     """
-    if clips < 1:
-        raise ValueError(f"expected clips >= 1, got {clips}")
-    if not 1 <= num_classes <= len(AVE_CATEGORIES):
-        raise ValueError(f"expected num_classes in [1, {len(AVE_CATEGORIES)}], got {num_classes}")
+    check_int("clips", clips, 1)  # every argument before anything is written (sizes even for yuv420p)
+    check_int("num_classes", num_classes, 1, len(AVE_CATEGORIES))
+    check_int("seed", seed, 0)
+    check_int("size", size, 16, 4096, even=True)
+    check_int("fps", fps, 1)
+    check_int("audio_rate", audio_rate, 8000, 192000)
+    check_float("distractor_prob", distractor_prob, 0, 1)
+    check_float("full_event_prob", full_event_prob, 0, 1)
+    split_names(0, splits, np.random.default_rng(0))  # checks the fractions
+    if progress is not None and not callable(progress):
+        raise ValueError(f"expected progress to be callable or None, got {progress!r} ({type(progress).__name__})")
     spec = _codec(codec)
-    out = Path(out)
+    out = check_writable_dir("out", out)
     (out / "AVE").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     ids = video_ids(clips, rng)
@@ -448,7 +456,13 @@ def synth_avs_s4(
     """
     from stgcma_fast.data.audio_io import write_audio
 
-    out = Path(out)
+    check_int("clips", clips, 1)
+    check_int("seed", seed, 0)
+    check_int("size", size, 16, 4096)
+    check_int("audio_rate", audio_rate, 8000, 192000)
+    check_float("distractor_prob", distractor_prob, 0, 1)
+    split_names(0, splits, np.random.default_rng(0))  # checks the fractions
+    out = check_writable_dir("out", out)
     root = out / "s4_data"
     rng = np.random.default_rng(seed)
     count = len(AVS_S4_CATEGORIES)
@@ -585,8 +599,15 @@ def synth_avqa(
     the correct answers, in the official JSON format (``type`` and ``templ_values`` as JSON-encoded strings, the
     answer under ``anser``). Returns the question lists per split.
     """
+    check_int("videos", videos, 1)
+    check_int("seed", seed, 0)
+    check_int("size", size, 16, 4096, even=True)
+    check_int("fps", fps, 1)
+    check_int("seconds", seconds, 2)
+    check_int("audio_rate", audio_rate, 8000, 192000)
+    split_names(0, splits, np.random.default_rng(0))  # checks the fractions
     spec = _codec(codec)
-    out = Path(out)
+    out = check_writable_dir("out", out)
     rng = np.random.default_rng(seed)
     count = len(AVQA_INSTRUMENTS)
     splits_of = split_names(videos, splits, rng)
