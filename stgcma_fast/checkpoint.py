@@ -15,7 +15,7 @@ Loading. :func:`load_checkpoint` checks everything before it changes anything: t
 ``FileNotFoundError``; empty, truncated, a folder, foreign, a plain state dict: a ``ValueError`` naming the file and
 what is wrong), the config, every trainable tensor's name, shape and dtype, and the optimizer, scheduler and scaler
 states. Only then does it load them; if one of those loads still fails, the model, optimizer and scheduler get their
-previous state back before the error propagates, so a failed load changes nothing.
+previous state back before the error propagates (the scaler too), so a failed load changes nothing.
 """
 
 from __future__ import annotations
@@ -208,8 +208,8 @@ def _describe_damage(path: Path, head: bytes, size: int, refused: bool) -> str:
             return ("a torch file holding objects other than tensors and plain Python values "
                     "(refused: no code is unpickled)")
         return "a torch file that could not be read (damaged?)"
-    if refused and head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "a pickle (or legacy torch file) that weights-only loading refuses, not written by save_checkpoint"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle (or legacy torch file), not a file written by save_checkpoint"
     return f"not a torch file ({size} bytes starting {head[:8]!r})"
 
 
@@ -389,6 +389,24 @@ def _check_scaler(path: Path, payload: dict[str, Any], scaler: Any) -> None:
 # ------------------------------------------------------------------------------------------------------ loading
 
 
+class _Backup:
+    """The state of a scheduler or scaler, put back by ``load_state_dict`` or, if that fails too, by attributes."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj, self.state = obj, copy.deepcopy(obj.state_dict())
+        self.attrs = dict(vars(obj)) if hasattr(obj, "__dict__") else None
+
+    def restore(self) -> None:
+        try:
+            if self.state:  # (a disabled GradScaler's state is empty and cannot be loaded)
+                self.obj.load_state_dict(self.state)
+        except Exception:
+            if self.attrs is None:
+                raise
+            vars(self.obj).clear()
+            vars(self.obj).update(self.attrs)
+
+
 def _optimizer_backup(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     state = defaultdict(dict, {p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
                                    for k, v in s.items()} for p, s in optimizer.state.items()})
@@ -403,8 +421,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
 
     Everything is checked before anything is changed: the config (``strict_config=False`` accepts another config
     whose tensors still fit), every trainable tensor's name, shape and dtype, and each state asked for. A mismatch is
-    a ``ValueError`` naming the file and listing what differs. If a load still fails, the model, optimizer and
-    scheduler are restored to their previous state before the error propagates.
+    a ``ValueError`` naming the file and listing what differs. If a load still fails, the model, optimizer,
+    scheduler and scaler are restored to their previous state before the error propagates.
     """
     path = Path(path)
     _model_config(model, "model")
@@ -426,8 +444,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     params = dict(model.named_parameters())
     model_backup = {n: params[n].detach().clone() for n in state}
     opt_backup = _optimizer_backup(optimizer) if optimizer is not None else None
-    sched_backup = copy.deepcopy(scheduler.state_dict()) if scheduler is not None else None
-    scaler_backup = copy.deepcopy(scaler.state_dict()) if scaler is not None else None
+    others = [_Backup(obj) for obj in (scheduler, scaler) if obj is not None]
     try:
         model.load_state_dict(state, strict=False)
         if optimizer is not None:
@@ -442,11 +459,10 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
                 params[name].copy_(value)
         if optimizer is not None:
             optimizer.__setstate__(opt_backup)
-        if scheduler is not None:
-            scheduler.load_state_dict(sched_backup)
-        if scaler is not None and scaler_backup:
-            scaler.load_state_dict(scaler_backup)
+        for backup in others:
+            backup.restore()
         if hasattr(exc, "add_note"):
-            exc.add_note(f"while loading checkpoint {path}; the model and optimizer were left as they were")
+            exc.add_note(f"while loading checkpoint {path}; the model, optimizer, scheduler and scaler were given "
+                         f"their previous state back")
         raise
     return payload
