@@ -11,18 +11,23 @@ Graph (``dali_device="gpu"``: ``fn.decoders.video`` on the ``mixed`` backend, NV
     wav/flac bytes --decoders.audio(16 kHz, mono)--> (S,) float, then cut / padded in torch (audio_io.fit_length)
 
 The Python side does what DALI cannot do per sample: it shards and shuffles with the same
-:class:`~stgcma_fast.data.loader.ShardSampler`, counts each video's frames with a PyAV demux (no decoding:
-:func:`~stgcma_fast.data.video.probe_video`) to compute the SAME uniform indices as the PyAV path, and reports bad
-media (missing, empty, unreadable, truncated, too short) with the clip id and reason before they reach DALI (DALI's
-decoder does not fail on a corrupt stream: it returns what it could decode). Frames are sampled with
-``frames=indices`` and ``pad_mode="none"``, so an index past the end is an error, never a padded (zero) frame.
+:class:`~stgcma_fast.data.loader.ShardSampler`, times each video's frames from their presentation timestamps with a
+PyAV demux (:func:`~stgcma_fast.data.video.probe_video`, which decodes only the first frame, for the orientation)
+to compute the SAME frames as the PyAV path (:func:`~stgcma_fast.data.video.frame_indices`: the display-order
+indices of the frames on screen at the sampling times, so a variable frame rate is sampled by time, not by index;
+DALI's ``frames`` argument counts frames in display order too), and reports bad media (missing, empty, unreadable,
+truncated, gapped, too short) with the clip id and reason before they reach DALI (DALI's decoder does not fail on
+a corrupt stream: it returns what it could decode). Frames are sampled with ``frames=indices`` and
+``pad_mode="none"``, so an index past the end is an error, never a padded (zero) frame.
 
 What cannot go through DALI goes through PyAV, per clip, in the main process: on the CPU backend, codecs other than
-VP8 / VP9 / MJPEG (DALI's CPU decoder has no H.264 / HEVC / AV1); audio that was not prepared as WAV/FLAC
-(``stgcma-fast prepare``), since ``fn.decoders.audio`` reads neither AAC nor Opus; and a whole batch whose DALI run
-raised. Evaluation-mode output matches the PyAV path to :data:`~stgcma_fast.data.video.PARITY_ATOL` (a test checks
-the CPU backend; the GPU backend is untested here). Training augmentation draws from DALI's own seeded RNG, so it is
-deterministic for a seed and a sharding but does not equal the PyAV path's draws.
+VP8 / VP9 / MJPEG (DALI's CPU decoder has no H.264 / HEVC / AV1); videos with a display orientation (rotation
+metadata: DALI's decoder ignores it, and PyAV applies it before the resize and crop); audio that was not prepared
+as WAV/FLAC (``stgcma-fast prepare``, which places it on the video's timeline), since ``fn.decoders.audio`` reads
+neither AAC nor Opus; and a whole batch whose DALI run raised. Evaluation-mode output matches the PyAV path to
+:data:`~stgcma_fast.data.video.PARITY_ATOL` (a test checks the CPU backend; the GPU backend is untested here).
+Training augmentation draws from DALI's own seeded RNG, so it is deterministic for a seed and a sharding but does
+not equal the PyAV path's draws.
 
 DALI is optional (``pip install nvidia-dali-cuda120``); :func:`dali_status` says whether it can be imported and why
 not. Nothing here imports DALI at module import time.
@@ -42,7 +47,7 @@ from stgcma_fast.data.audio_io import MediaError, decode_audio, fit_length
 from stgcma_fast.data.ave_loader import AveDataset
 from stgcma_fast.data.frontend import AudioFrontEnd
 from stgcma_fast.data.pipeline import AUDIO_SUFFIXES, BaseLoader, SkippedClip, collate, logger
-from stgcma_fast.data.video import check_length, probe_video, sample_indices
+from stgcma_fast.data.video import IDENTITY, check_length, frame_indices, probe_video
 
 CPU_CODECS: frozenset[str] = frozenset({"vp8", "vp9", "mjpeg"})
 GPU_CODECS: frozenset[str] = CPU_CODECS | {"h264", "hevc", "av1", "mpeg4"}
@@ -183,12 +188,12 @@ class DaliAveLoader(BaseLoader):
         """DALI inputs of clip ``index`` (video bytes, frame indices, audio bytes), or None for the PyAV path.
         Raises :class:`MediaError` for bad media."""
         ds, item = self.dataset, self.dataset.items[index]
-        info = probe_video(item.video)
+        info = probe_video(item.video, orientation=True)
         check_length(info, ds.frames, item.video)
-        if info.codec not in self.codecs:
+        if info.codec not in self.codecs or info.orientation != IDENTITY:
             return None
         video = np.fromfile(item.video, dtype=np.uint8)
-        frames = np.asarray(sample_indices(info.num_frames, ds.frames.num_frames), dtype=np.int32)
+        frames = np.asarray(frame_indices(info, ds.frames.num_frames), dtype=np.int32)
         audio = None
         if self.with_audio:
             if not Path(item.audio).is_file():

@@ -111,8 +111,8 @@ class VideoInfo:
     ``times``: the presentation time of each frame in display order, in exact seconds from the first frame (the
     video timeline's origin); ``duration``: that timeline's length (the last frame's end). ``declared_seconds``: the
     video stream's declared duration; ``file_seconds``: the container's; ``reach_seconds``: how far the packets of
-    all streams reach from the container's start; ``start``: the first frame's presentation time from the
-    container's start (Matroska's per-track ``DURATION`` tag counts from there too).
+    all streams reach; ``start``: the first frame's presentation time; all three counted from where the file's
+    declared durations count (the container's start time; timestamp 0 for Matroska).
     ``orientation``: the display matrix's 2x2 part ``(a, b, c, d)``
     snapped to a rotation by a multiple of 90 degrees and/or a mirror ((1, 0, 0, 1): none), None when not read.
     ``width`` / ``height`` are the coded (stored) size, before the orientation is applied.
@@ -216,8 +216,8 @@ def _timeline(pts: Sequence[int | None], durations: Sequence[int], time_base: Fr
 
 
 def _demux(container: av.container.InputContainer, path: Path) -> tuple[list[av.Packet], float | None]:
-    """The video stream's packets with data, and how far the packets of all streams reach (seconds from the
-    container's start). A packet the demuxer flags corrupt is an error."""
+    """The video stream's packets with data, and how far the packets of all streams reach (seconds from
+    :func:`_origin`). A packet the demuxer flags corrupt is an error."""
     stream = container.streams.video[0]
     packets: list[av.Packet] = []
     reach: Fraction | None = None
@@ -239,6 +239,10 @@ def _demux(container: av.container.InputContainer, path: Path) -> tuple[list[av.
 
 
 def _origin(container: av.container.InputContainer) -> Fraction:
+    """Where the file's declared durations count from: Matroska / WebM's from timestamp 0 (its Duration and
+    per-track DURATION tags are end times), other formats' from the container's start time (FFmpeg's convention)."""
+    if "matroska" in container.format.name:
+        return Fraction(0)
     return Fraction(container.start_time or 0, av.time_base)
 
 
@@ -322,7 +326,7 @@ def check_length(info: VideoInfo, settings: FrameSettings, path: str | Path) -> 
     gap between frames longer than ``settings.max_gap_seconds`` (lost packets), or its packets stop short of the
     declared duration of the video stream or of the file (a truncated or corrupt file: the demuxer stops early)."""
     slack = settings.tolerance_seconds + (1.0 / info.fps if info.fps > 0 else 0.0)
-    end = float(info.start) + info.seconds  # a declared duration counts from the container's start or the stream's
+    end = float(info.start) + info.seconds
     if info.declared_seconds is not None and end < info.declared_seconds - slack:
         raise MediaError(path, f"video truncated or corrupt: its {info.num_frames} frames cover {info.seconds:.2f} s "
                                f"(to {end:.2f} s), the video stream declares {info.declared_seconds:.2f} s")

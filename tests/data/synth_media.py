@@ -174,7 +174,7 @@ def write_timed_clip(
     with av.open(str(path), "w") as container:  # both streams are added before the first packet is muxed
         vstream = container.add_stream(vcodec, rate=round(1 / min(np.diff(times), default=1.0)))  # the top rate
         vstream.height, vstream.width = size
-        vstream.pix_fmt, vstream.time_base = "yuv420p", tick
+        vstream.pix_fmt, vstream.time_base, vstream.codec_context.time_base = "yuv420p", tick, tick
         vstream.options = {"g": "8", **({"deadline": "realtime", "cpu-used": "8"} if codec == "vp9" else {})}
         if rotation is not None or hflip:
             vstream.set_display_rotation(rotation or 0, hflip=hflip)
