@@ -327,8 +327,18 @@ class ArgumentParser(argparse.ArgumentParser):
             namespace.command_prog = self.prog
         return namespace, extras
 
+    def parse_args(self, args: Sequence[str] | None = None,
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:  # reported by the subcommand they were given to
+            self._fail(getattr(namespace, "command_prog", self.prog), f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+        self._fail(self.prog, message)
+
+    def _fail(self, prog: str, message: str) -> NoReturn:
+        self.exit(2, f"{prog}: error: {one_line(message)} (see --help)\n")
 
 
 def is_user_error(exc: BaseException) -> bool:
