@@ -133,7 +133,7 @@ def read_s4_metadata(path: str | Path, split: str | None = None) -> list[S4MetaR
     if split is not None and split not in SPLITS:
         raise ValueError(f"expected split in {SPLITS}, got {split!r}")
     rows: list[S4MetaRow] = []
-    reader = csv.reader(io.StringIO(read_text(path, "AVSBench-S4 metadata file"), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path, "AVSBench-S4 metadata file"), newline=""), strict=True)
     header = next(reader, None)
     if header is None:
         raise ValueError(f"{path}: empty file; expected a header row and one row per clip")
