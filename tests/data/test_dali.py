@@ -1,5 +1,6 @@
-"""DALI path: same frames as the PyAV path (parity), same skip reports, PyAV fallback for what DALI's CPU decoder
-cannot read. Skipped, with the reason, when ``nvidia.dali`` cannot be imported."""
+"""DALI path: same frames as the PyAV path (parity, also for variable frame rates: both sample by time), same skip
+reports, PyAV fallback for what DALI's CPU decoder cannot read or turn. Skipped, with the reason, when
+``nvidia.dali`` cannot be imported."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from stgcma_fast.data.loader import AveDataset, AveLoader
 from stgcma_fast.data.prepare import prepare_audio
 from stgcma_fast.data.synth import write_av_clip
 from stgcma_fast.data.video import PARITY_ATOL, FrameSettings
-from tests.data.synth_media import copy_dataset, damaged_dataset, synth_dataset
+from tests.data.synth_media import (
+    copy_dataset,
+    damaged_dataset,
+    second_of_frame,
+    synth_dataset,
+    vfr_times,
+    write_timed_clip,
+)
 
 DALI_OK, DALI_WHY = dali_status()
 pytestmark = pytest.mark.skipif(not DALI_OK, reason=f"DALI tests need nvidia.dali: {DALI_WHY}")
@@ -149,3 +157,34 @@ def test_gpu_parity_criterion_separates_conversion_noise_from_wrong_frames():
         assert_gpu_parity(frames.roll(1, dims=0), frames, "wrong frame order")
     with pytest.raises(AssertionError, match="PSNR"):
         assert_gpu_parity(frames.roll(3, dims=-1), frames, "shifted crop")
+
+
+@pytest.fixture(scope="module")
+def timed_vp9(tmp_path_factory):
+    """VP9 clips whose frames show their second: variable rate both ways, video starting 0.5 s into the file (early
+    audio), and one with a display rotation; audio prepared as WAV on the video's timeline."""
+    root = tmp_path_factory.mktemp("timed_dali")
+    cases = {"vfr15then30": {"times": vfr_times()},
+             "vfr30then15": {"times": [i / 30 for i in range(150)] + [5 + i / 15 for i in range(75)]},
+             "earlyaudio0": {"times": vfr_times(), "audio": (-0.5, 10.0)},
+             "rotated9000": {"rotation": 90, "size": (32, 48)}}
+    for vid, kwargs in cases.items():
+        write_timed_clip(root / "AVE" / vid, "vp9", **kwargs)
+    (root / "Annotations.txt").write_text("\n".join(f"Bark&{vid}&good&0&10" for vid in cases))
+    report = prepare_audio(root)
+    assert not report.failed, str(report)
+    return root
+
+
+def test_cpu_backend_samples_variable_rate_video_by_time(timed_vp9):
+    dataset = AveDataset(timed_vp9, "all", frames=SMALL)
+    dali = DaliAveLoader(dataset, batch_size=4, dali_device="cpu", shuffle=False)
+    got, want = by_id(dali), by_id(AveLoader(dataset, batch_size=4, shuffle=False))
+    assert got.keys() == want.keys() and len(got) == 4
+    assert dali.fallbacks == 1, "the rotated clip goes to PyAV (DALI's decoder ignores the display matrix)"
+    mean, std = torch.tensor(SMALL.mean) * 255, torch.tensor(SMALL.std) * 255
+    for vid in got:
+        assert_parity(got[vid]["video"], want[vid]["video"], vid)
+        rgb = (got[vid]["video"].permute(0, 2, 3, 1) * std + mean).round().clamp(0, 255).to(torch.uint8)
+        assert [second_of_frame(f) for f in rgb.numpy()] == list(range(10)), vid
+        torch.testing.assert_close(got[vid]["audio"], want[vid]["audio"], atol=1e-3, rtol=0)
