@@ -529,16 +529,46 @@ _TL_DTYPES: dict[torch.dtype, tl.dtype] = {
 }  # fmt: skip
 
 # (atol, rtol) against the float64 torch reference evaluated on the same (rounded) inputs, for outputs and every
-# gradient, each tensor divided by max(1, max|expected|) first (weight gradients are sums over G * N rows).
-# Observed max scaled errors (interpreter, tests/kernels/test_av_adapter.py): fp32 1.1e-5, fp16 7.5e-4 (about one
-# fp16 ulp); mixed fp16 u with fp32 x and / or fp32 master weights (the row of u's dtype applies) 3.9e-4..7.5e-4.
-# bf16 is 8x fp16, unmeasured: the interpreter cannot run bf16 dots, so it is only checked on a GPU.
-TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
-    torch.float64: (1e-10, 1e-8),
-    torch.float32: (5e-5, 5e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 3e-2),
+# gradient, each tensor divided by max(1, max|expected|) first (weight gradients are sums over G * N rows), keyed by
+# (compute dtype, precision the fp32 dots run at: ``dot_precision``). Use ``tolerance(dtype, device)``.
+#
+# fp32 rows, from the dot precision. A length-K dot accumulated in fp32 is off by up to about K * u_d * sum|a_i b_i|,
+# u_d the error each step adds: "ieee" (fp32 FMAs, the interpreter's numpy dots) u_d = u = 2^-24, fp32's unit
+# roundoff. "tf32x3" (the GPU's fp32 dots, see _dot_precisions) splits each operand into a tf32 high part and a
+# tf32-rounded low part (tf32 keeps 10 mantissa bits: unit roundoff 2^-11) and drops low x low: the low parts'
+# rounding and the dropped term add up to 3 * 2^-11 * 2^-11 = 12u per product, so u_d = 13u. The longest reduction
+# is a D-wide projection, D <= 1536 in the tests (the r-wide attention dots are <= 128 long). The tolerance is half
+# that bound, K * u_d / 2: ieee 1536 * u / 2 = 4.6e-5 -> 5e-5 (the interpreter's observed max scaled error is 1.1e-5,
+# tests/kernels/test_av_adapter.py), tf32x3 1536 * 13u / 2 = 6.0e-4.
+# 16-bit rows: the rounding of 16-bit outputs and of the 16-bit operands of the D-wide dots dominates (a few units of
+# 2^-11 for fp16, 2^-8 for bf16), whatever the fp32 dots run at (tf32x3 adds at most 128 * 13u / 2 = 5e-5 there).
+# Observed (interpreter): fp16 7.5e-4 (about one fp16 ulp); mixed fp16 u with fp32 x and / or fp32 master weights
+# (the row of u's dtype applies) 3.9e-4..7.5e-4. bf16 is 8x fp16, unmeasured: the interpreter cannot run bf16 dots,
+# so it is only checked on a GPU. fp64 (interpreter only): ieee.
+TOLERANCES: dict[tuple[torch.dtype, str], tuple[float, float]] = {
+    (torch.float64, "ieee"): (1e-10, 1e-8),
+    (torch.float32, "ieee"): (5e-5, 5e-5),
+    (torch.float32, "tf32x3"): (6e-4, 6e-4),
+    (torch.float16, "ieee"): (2e-3, 2e-3),
+    (torch.float16, "tf32x3"): (2e-3, 2e-3),
+    (torch.bfloat16, "ieee"): (1.6e-2, 3e-2),
+    (torch.bfloat16, "tf32x3"): (1.6e-2, 3e-2),
 }
+
+
+def dot_precision(dtype: torch.dtype, device: torch.device | str) -> str:
+    """The precision the kernels' fp32 dots effectively run at for compute dtype ``dtype`` on ``device``: "ieee" on
+    CPU tensors (the interpreter computes every dot in numpy, whatever ``input_precision`` says), for fp64 and on
+    ROCm; else the attention dots' precision from ``_dot_precisions`` ("tf32x3")."""
+    if torch.device(device).type == "cpu":
+        return "ieee"
+    return _dot_precisions(dtype)[1]
+
+
+def tolerance(dtype: torch.dtype, device: torch.device | str) -> tuple[float, float]:
+    """(atol, rtol) for results computed in ``dtype`` on ``device`` (``TOLERANCES`` at ``dot_precision``)."""
+    return TOLERANCES[(dtype, dot_precision(dtype, device))]
+
 
 _ARG_NAMES = (
     "u_v", "u_a", "x_v", "x_a", "w_down_v", "b_down_v", "w_up_v", "b_up_v",

@@ -252,6 +252,12 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+def tolerance(dtype: torch.dtype, device: torch.device | str) -> tuple[float, float]:
+    """(atol, rtol) for results computed in ``dtype`` on ``device``: ``TOLERANCES[dtype]`` on every device (no
+    dots, so nothing runs at a device-dependent precision)."""
+    return TOLERANCES[dtype]
+
+
 def gpu_launch_sets(dtype: torch.dtype, *, C: int, **dims: int) -> list[dict[str, _Launch]]:
     """The launch sets (step -> launch, for ``force_launch``) a GPU runs for rows of ``C`` channels: the one."""
     return [{step: _gpu_launch(C) for step in _STEPS}]

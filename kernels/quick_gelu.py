@@ -202,6 +202,12 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+def tolerance(dtype: torch.dtype, device: torch.device | str) -> tuple[float, float]:
+    """(atol, rtol) for results computed in ``dtype`` on ``device``: ``TOLERANCES[dtype]`` on every device (no
+    dots, so nothing runs at a device-dependent precision)."""
+    return TOLERANCES[dtype]
+
+
 def gpu_launch_sets(dtype: torch.dtype, **dims: int) -> list[dict[str, _Launch]]:
     """The launch sets (step -> launch, for ``force_launch``) a GPU may run: the one launch, whatever the shape."""
     return [{step: _GPU_LAUNCH for step in _STEPS}]

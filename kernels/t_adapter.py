@@ -592,6 +592,12 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+def tolerance(dtype: torch.dtype, device: torch.device | str) -> tuple[float, float]:
+    """(atol, rtol) for results computed in ``dtype`` on ``device``: ``TOLERANCES[dtype]`` on every device (fp32
+    dots run as "ieee" everywhere, ``ieee_dot_precision``)."""
+    return TOLERANCES[dtype]
+
+
 def _allowed_dtypes(compute: torch.dtype) -> tuple[torch.dtype, ...]:
     """Dtypes accepted for the residual, weights and biases when x has dtype ``compute``."""
     return (compute,) if compute == MASTER_DTYPE else (compute, MASTER_DTYPE)

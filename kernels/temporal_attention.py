@@ -479,6 +479,12 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+def tolerance(dtype: torch.dtype, device: torch.device | str) -> tuple[float, float]:
+    """(atol, rtol) for results computed in ``dtype`` on ``device``: ``TOLERANCES[dtype]`` on every device (fp32
+    dots run as "ieee" everywhere, ``ieee_dot_precision``)."""
+    return TOLERANCES[dtype]
+
+
 def _shape_problem(qkv: torch.Tensor, num_heads: int) -> str | None:
     if qkv.dim() != 4:
         return f"expected qkv of shape (B, M, N, 3 * H * hd), got {tuple(qkv.shape)}"

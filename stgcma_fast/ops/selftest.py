@@ -8,7 +8,7 @@ own device instead::
 
 runs every kernel forward AND backward in bf16, fp16 and fp32 against the fp64 evaluation of
 :mod:`stgcma_fast.ops.torch_ops` on the same values (every output and every input gradient, random upstream
-gradients), with each kernel module's own ``TOLERANCES`` (the table its test suite uses), and records the kernels
+gradients), with each kernel module's own ``tolerance`` (the table its test suite uses), and records the kernels
 that passed every check in ``$STGCMA_FAST_CACHE/validated_kernels.json`` (default ``~/.cache/stgcma_fast``), written
 atomically. On a GPU it checks the shapes of every preset's block class (ViT-B/16 Base r = 96, ViT-L/14 Base r =
 64 at D = 1024 with 257 / 64 tokens, the Tiny r = 24; temporal attention at 10 frames of head dim 64; QuickGELU at
@@ -151,7 +151,7 @@ def check_op(op: str, dtype: torch.dtype, device: str | torch.device, shape: dic
     device = torch.device(device)
     module = importlib.import_module(KERNEL_MODULES[op])
     shape = shape or (_GPU_SHAPES if device.type == "cuda" else _CPU_SHAPES)[op][0]
-    atol, rtol = module.TOLERANCES[dtype]
+    atol, rtol = module.tolerance(dtype, device)
     label = dict(dtype=str(dtype).removeprefix("torch."), shape=",".join(f"{k}={v}" for k, v in shape.items()),
                  launch=launch)
     g = torch.Generator().manual_seed(seed)

@@ -196,6 +196,14 @@ def test_gpu_parity(shape, x_dtype, w_dtype, out_dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.train_mix
+def test_gpu_training_mix_parity():
+    """fp32 residual stream and frozen fp32 affine in, bf16 out, at the ViT-B/16 width: the block LayerNorms under bf16
+    autocast."""
+    compare((2 * 197 * 10, 768), F32, F32, BF16, "cuda")
+
+
+@pytest.mark.gpu
 def test_gpu_inductor_compile():
     torch._dynamo.reset()
     compiled = torch.compile(kernel.layer_norm, fullgraph=True, backend="inductor")

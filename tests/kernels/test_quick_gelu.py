@@ -172,6 +172,13 @@ def test_gpu_parity(shape, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.train_mix
+def test_gpu_training_mix_parity():
+    """bf16 at the ViT-B/16 FFN width (fc1's output under bf16 autocast)."""
+    compare((2 * 197 * 10, 3072), torch.bfloat16, "cuda")
+
+
+@pytest.mark.gpu
 def test_gpu_inductor_compile():
     torch._dynamo.reset()
     compiled = torch.compile(kernel.quick_gelu, fullgraph=True, backend="inductor")

@@ -495,7 +495,18 @@ def test_gpu_mixed_precision_parity(R, D, r, mix, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dot_class, r, launches", [p for p in _candidate_sets() if "-r12-" not in p.id])
+@pytest.mark.train_mix
+@pytest.mark.parametrize("R, D, r", [(2 * 197 * 10, 768, 96), (2 * 197 * 10, 768, 24)], ids=["B16-base", "B16-tiny"])
+def test_gpu_training_mix_parity(R, D, r):
+    """bf16 x from the frozen projection, fp32 residual stream and master weights at the ViT-B/16 widths: what
+    FastSTGCMA runs under bf16 autocast."""
+    compare_mixed(R, D, r, "mask", torch.bfloat16, "res32-w32", "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dot_class, r, launches", [
+    pytest.param(*p.values, id=p.id, marks=[pytest.mark.train_mix] if p.values[0] == "16-bit" else [])
+    for p in _candidate_sets() if "-r12-" not in p.id])  # fmt: skip
 def test_gpu_every_launch_candidate(dot_class, r, launches):
     """Every autotune candidate compiled for the real GPU at B/16 and L/14 widths (the parity tests above only see the
     candidate the autotuner picked): the 16-bit ones in the bf16 training mix (bf16 x, fp32 residual and master

@@ -312,7 +312,16 @@ def test_gpu_parity(B, M, N, H, hd, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dot_class, hd, launches", list(_candidate_sets()))
+@pytest.mark.train_mix
+def test_gpu_training_mix_parity():
+    """bf16 q, k, v from the frozen qkv projection under bf16 autocast, at the ViT-B/16 temporal shape."""
+    compare(make_qkv(4, 10, 197, 12, 64, torch.bfloat16, "cuda"), 12, 64**-0.5, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dot_class, hd, launches", [
+    pytest.param(*p.values, id=p.id, marks=[pytest.mark.train_mix] if p.values[0] == "16-bit" else [])
+    for p in _candidate_sets()])  # fmt: skip
 def test_gpu_every_launch_candidate(dot_class, hd, launches):
     """Every autotune candidate compiled for the real GPU (the parity tests above only see the candidate the autotuner
     picked): the 16-bit ones in bf16, the fp32 ones in fp32, at the B/16 temporal shape (M = 10, N = 197, H = 12)."""
