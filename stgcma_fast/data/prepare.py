@@ -1,11 +1,14 @@
 """One-off dataset preparation: extract each video's audio to 16 kHz mono WAV/FLAC, and dataset fbank statistics.
 
 ``prepare_audio`` decodes the first audio track of every video of an AVE folder with PyAV
-(:func:`~stgcma_fast.data.audio_io.decode_audio`), cuts or pads it to exactly ``seconds * sample_rate`` samples (a
-shortfall over 0.1 s is reported, never padded) and writes ``<root>/audio_wav/<VideoID>.wav`` (16-bit PCM) or
-``.flac``: the files DALI's ``fn.decoders.audio`` and the PyAV path both read. It also checks each video (frame count
-against its declared and expected duration, :func:`~stgcma_fast.data.video.check_length`) so bad media are found
-before training. Every failure is listed with the video id and the reason in the returned :class:`PrepareReport`.
+(:func:`~stgcma_fast.data.audio_io.decode_audio`), placed on the video's timeline by the streams' timestamps (sample
+0 of the file is the sound at the first video frame: a late audio start is preceded by the silence it leaves, an
+early one is cut), cuts or pads it to exactly ``seconds * sample_rate`` samples (a shortfall over 0.1 s is reported,
+never padded) and writes ``<root>/audio_wav/<VideoID>.wav`` (16-bit PCM) or ``.flac``: the files DALI's
+``fn.decoders.audio`` and the PyAV path both read, later without the video, so segment m of the file covers the same
+second as frame m. It also checks each video (its timeline against the declared and expected duration, gaps, frame
+count: :func:`~stgcma_fast.data.video.check_length`) so bad media are found before training. Every failure is
+listed with the video id and the reason in the returned :class:`PrepareReport`.
 
 ``fbank_stats`` computes the dataset mean/std of the raw log-mel spectrograms that the normalisation
 ``(fbank - mean) / (2 * std)`` needs, with :func:`~stgcma_fast.data.frontend.compute_stats` (the authors' / AST
