@@ -322,6 +322,19 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         return torch.zeros(2, dtype=torch.float64)
 
+    def _skips(self) -> dict[str, list[str]]:
+        """The training pass's skipped clips and dropped batches, gathered from every rank (reported, not hidden)."""
+        summary = getattr(self.train_loader, "last_summary", None)
+        mine = {"skipped": [str(s) for s in summary.skipped] if summary else [],
+                "dropped_batches": [str(d) for d in summary.dropped] if summary else []}
+        if not self.dist.distributed:
+            return mine
+        import torch.distributed as dist
+
+        everyone: list[dict[str, list[str]] | None] = [None] * self.dist.world_size
+        dist.all_gather_object(everyone, mine)
+        return {key: sorted({item for rank in everyone for item in rank[key]}) for key in mine}
+
     # ------------------------------------------------------------------------------------------- evaluation
 
     @torch.no_grad()
@@ -387,7 +400,7 @@ class Trainer:
             record: dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.global_step,
                                       "train_loss": stats.loss_sum / max(1, stats.examples),
                                       "train_seconds": stats.seconds,
-                                      "lr": self.optimizer.param_groups[0]["lr"]}
+                                      "lr": self.optimizer.param_groups[0]["lr"], **self._skips()}
             record[select_on] = self.evaluate(select_on)
             value = record[select_on][metric]
             if self.best is None or value > self.best["value"]:
@@ -442,7 +455,7 @@ class Trainer:
                                                "candidates": candidates}}
         with swapped_weights(self.model, weights):
             val = select_values if select_on == "val" else self.evaluate("val")
-            test = self.evaluate("test", artifacts="test")
+            test = self.evaluate("test", artifacts="test_")
             if select_on == "test":
                 report["protocol"] = ("select_on=test: the model was selected on the TEST split (the authors' "
                                       "protocol); the test numbers are optimistic")
