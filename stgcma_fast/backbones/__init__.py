@@ -1,0 +1,1 @@
+"""Frozen backbone families behind one seam (:class:`stgcma_fast.backbones.base.Backbone`)."""
