@@ -144,7 +144,8 @@ def decode_audio(
         if offset >= 0:
             waveform = torch.nn.functional.pad(waveform, (offset, 0))
         elif -offset >= waveform.numel():
-            raise MediaError(path, f"the audio ends before the video starts ({float(first - origin):.2f} s earlier)")
+            raise MediaError(path, f"the audio ends before the video starts (it starts {float(origin - first):.2f} s "
+                                   f"before the first video frame and lasts {waveform.numel() / sample_rate:.2f} s)")
         else:
             waveform = waveform[-offset:]
     if seconds is None:

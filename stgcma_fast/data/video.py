@@ -86,8 +86,8 @@ class FrameSettings:
                              f"{self.num_frames}, resize_shorter={self.resize_shorter}, crop_size={self.crop_size}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"expected 3 means and 3 positive stds, got mean={self.mean}, std={self.std}")
-        if self.max_gap_seconds is not None and not (isinstance(self.max_gap_seconds, (int, float))
-                                                     and self.max_gap_seconds > 0):
+        gap = self.max_gap_seconds
+        if gap is not None and (isinstance(gap, bool) or not isinstance(gap, (int, float)) or not gap > 0):
             raise ValueError(f"expected max_gap_seconds to be a number > 0 or None, got {self.max_gap_seconds!r} "
                              f"({type(self.max_gap_seconds).__name__})")
 

@@ -130,3 +130,37 @@ def test_write_errors(tmp_path: Path) -> None:
         write_audio(tmp_path / "a.xyz", _sine(0.1))
     with pytest.raises(ValueError, match=r"mono waveform of shape \(S,\) or \(1, S\), got \(2, 1600\)"):
         write_audio(tmp_path / "a.wav", np.zeros((2, 1600), np.float32))
+
+
+def _flip_bytes(path: Path, count: int = 5) -> None:
+    data = bytearray(path.read_bytes())
+    for pos in np.random.default_rng(0).integers(len(data) // 3, 2 * len(data) // 3, count):
+        data[pos] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("suffix", "detected"), [(".flac", True), (".m4a", True), (".wav", False), (".webm", False)])
+def test_bit_flips_inside_packets(tmp_path: Path, suffix: str, detected: bool) -> None:
+    """FLAC's frame checksums (verified: ``err_detect=crccheck``) and AAC's bitstream syntax catch these flips; PCM
+    and Opus have neither, so the damage decodes without error (the limit docs/media.md states)."""
+    path = write_audio(tmp_path / f"a{suffix}", _sine(2.0))
+    clean = decode_audio(path)
+    _flip_bytes(path)
+    if detected:
+        with pytest.raises(MediaError, match=r"cannot decode audio \(InvalidDataError") as info:
+            decode_audio(path)
+        assert info.value.path == path
+    else:
+        damaged = decode_audio(path)
+        assert damaged.shape == clean.shape and not torch.equal(damaged, clean)
+
+
+def test_audio_that_ends_before_the_video_starts(tmp_path: Path) -> None:
+    from tests.data.synth_media import write_timed_clip
+
+    path = write_timed_clip(tmp_path / "before", "h264", audio=(-2.0, -1.0))
+    with pytest.raises(MediaError, match=r"the audio ends before the video starts \(it starts 2\.00 s before "
+                       r"the first video frame and lasts 1\.\d\d s\)") as info:
+        decode_audio(path, seconds=1.0)
+    assert info.value.path == path
+    assert decode_audio(path, align=False).numel() >= SR - 0.1 * SR, "unaligned, the track reads as it is"

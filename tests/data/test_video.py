@@ -141,3 +141,11 @@ def test_too_short_video_is_reported(tmp_path):
     with pytest.raises(MediaError, match="8 frames, expected at least 10"):
         load_frames(path, FrameSettings(num_frames=10, crop_size=32, resize_shorter=32))
     assert load_frames(path, FrameSettings(num_frames=8, crop_size=32, resize_shorter=32)).shape == (8, 3, 32, 32)
+
+
+@pytest.mark.parametrize("value", [0, -0.5, "0.5", True])
+def test_max_gap_seconds_is_checked(value):
+    with pytest.raises(ValueError, match=rf"expected max_gap_seconds to be a number > 0 or None, got {value!r} "
+                                         rf"\({type(value).__name__}\)"):
+        FrameSettings(max_gap_seconds=value)
+    assert FrameSettings(max_gap_seconds=None).max_gap_seconds is None
