@@ -8,6 +8,8 @@ import io
 import os
 import pickle
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -180,7 +182,7 @@ def test_permissions_are_those_torch_save_gives(tmp_path: Path) -> None:
 def test_a_killed_save_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
     model, opt, _ = _trained()
     path = save_checkpoint(tmp_path / "last.pt", model, opt, step=1)
-    proc = __import__("subprocess").Popen(["true"])
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that no longer runs
     proc.wait()
     leftover = tmp_path / f".last.pt.{fileio._host()}.{proc.pid}.0badc0de.tmp"
     leftover.write_bytes(path.read_bytes()[:100])  # what a SIGKILL mid-write leaves
