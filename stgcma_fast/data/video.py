@@ -213,6 +213,8 @@ def _timeline(pts: Sequence[int | None], durations: Sequence[int], time_base: Fr
         times = tuple((pts[i] - first) * time_base for i in order)
         last = durations[order[-1]]
         tail = last * time_base if last > 0 else times[-1] - times[-2] if n > 1 else 1 / rate if rate else Fraction(0)
+        if times[-1] + tail <= 0:
+            raise MediaError(path, "the video's one frame has no duration and the stream no frame rate")
         return times, times[-1] + tail, first * time_base
     if not rate:
         raise MediaError(path, "the video has neither usable timestamps nor a frame rate")
