@@ -188,3 +188,21 @@ def test_cpu_backend_samples_variable_rate_video_by_time(timed_vp9):
         rgb = (got[vid]["video"].permute(0, 2, 3, 1) * std + mean).round().clamp(0, 255).to(torch.uint8)
         assert [second_of_frame(f) for f in rgb.numpy()] == list(range(10)), vid
         torch.testing.assert_close(got[vid]["audio"], want[vid]["audio"], atol=1e-3, rtol=0)
+
+
+@pytest.mark.gpu
+def test_gpu_backend_samples_variable_rate_h264_by_time(tmp_path):
+    """NVDEC reads H.264: the same timing as on the CPU backend (not yet run on a GPU when written)."""
+    cases = {"vfr15then30": {"times": vfr_times()}, "earlyaudio0": {"times": vfr_times(), "audio": (-0.5, 10.0)}}
+    for vid, kwargs in cases.items():
+        write_timed_clip(tmp_path / "AVE" / vid, "h264", **kwargs)
+    (tmp_path / "Annotations.txt").write_text("\n".join(f"Bark&{vid}&good&0&10" for vid in cases))
+    assert not prepare_audio(tmp_path).failed
+    dataset = AveDataset(tmp_path, "all", frames=SMALL)
+    dali = DaliAveLoader(dataset, batch_size=2, device="cuda", dali_device="gpu", shuffle=False)
+    got = by_id(dali)
+    assert dali.fallbacks == 0 and len(got) == 2
+    mean, std = torch.tensor(SMALL.mean) * 255, torch.tensor(SMALL.std) * 255
+    for vid in got:
+        rgb = (got[vid]["video"].cpu().permute(0, 2, 3, 1) * std + mean).round().clamp(0, 255).to(torch.uint8)
+        assert [second_of_frame(f) for f in rgb.numpy()] == list(range(10)), vid
