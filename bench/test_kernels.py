@@ -7,6 +7,8 @@ Bytes and FLOPs of each case are those of its fused (Triton) run, counted op by 
 bench.roofline (its inputs and outputs, and for fwd+bwd the backward's: the floor any implementation pays). They
 give every provider's GB/s, share of the copy bandwidth measured in the same run (machine_info
 ["copy_bandwidth_gbps"]) and TFLOP/s; the per-op counts (``floor_ops``) give bench.report the case's floor time.
+On a GPU each case is timed on the device (CUDA-graph replay, else CUDA events: ``bench.common.device_time``), not by
+the host clock: a kernel of a few microseconds would otherwise measure mostly its launch and a synchronisation.
 """
 
 from __future__ import annotations
@@ -93,4 +95,4 @@ def _bench(benchmark, op: str, shape: str, provider: str, mode: str) -> None:
     floor = kernel_floor(op, shape, mode, DTYPE)
     run_benchmark(benchmark, step(fn, args, mode), bytes_moved=floor.bytes, flops=floor.flops or None, op=op,
                   provider=provider, mode=mode, shape=shape, dtype=str(DTYPE), dims=d,
-                  floor_ops=[[o.bytes, o.flops] for o in floor.ops])
+                  floor_ops=[[o.bytes, o.flops] for o in floor.ops], device_timer=True)

@@ -34,7 +34,8 @@ counts, with Triton compiling a kernel variant in about 1 CPU-second:
   data             60 s
 The first three phases are the ones a 10-minute run must deliver: together about 240 s. A phase may use the time
 the phases before it left, but never the minimum the phases marked essential after it need (parity-train,
-model-b16, kernels-b16 reserve 45, 75 and 40 s), and parity-train and model-b16 stop after 240 s at most. A phase
+model-b16, kernels-b16 reserve 45, 75 and 40 s; an essential phase still gets its own minimum before the ones after
+it), and parity-train and model-b16 stop after 240 s at most. A phase
 still running at its limit is stopped with SIGINT (pytest prints its summary, pytest-benchmark writes what it
 measured; SIGKILL 20 s later) and the next one starts. A phase with less time than its minimum is skipped.
 
@@ -141,13 +142,16 @@ def select(names: list[str]) -> list[Phase]:
 
 def phase_limit(phases: list[Phase], index: int, seconds_left: float) -> int:
     """Seconds phase ``phases[index]`` may run with ``seconds_left`` of the budget: all of it but the final reserve and
-    the minimum of every essential phase after it, at most its cap; 0 if that is below its own minimum (it is
-    skipped)."""
+    the minimum of every essential phase after it (an essential phase still gets its own minimum first), at most its
+    cap; 0 if that is below its own minimum (it is skipped)."""
+    phase = phases[index]
     later = sum(p.minimum for p in phases[index + 1:] if p.essential)
     limit = int(seconds_left - FINAL_RESERVE - later)
-    if phases[index].cap is not None:
-        limit = min(limit, phases[index].cap)
-    return limit if limit >= phases[index].minimum else 0
+    if phase.essential and limit < phase.minimum:  # an essential phase comes before the reserves of later ones
+        limit = min(phase.minimum, int(seconds_left - FINAL_RESERVE))
+    if phase.cap is not None:
+        limit = min(limit, phase.cap)
+    return limit if limit >= phase.minimum else 0
 
 
 def plan(phases: list[Phase], budget: float, setup: float = 15) -> list[tuple[Phase, int, float]]:
