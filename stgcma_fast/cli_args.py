@@ -330,6 +330,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def parse_args(self, args: Sequence[str] | None = None,
                    namespace: argparse.Namespace | None = None) -> argparse.Namespace:
         namespace, extras = self.parse_known_args(args, namespace)
+        if extras and isinstance(getattr(namespace, "overrides", None), list):
+            # `key=value` overrides may follow options (argparse binds a trailing nargs="*" positional early)
+            namespace.overrides += [e for e in extras if "=" in e and not e.startswith("-")]
+            extras = [e for e in extras if "=" not in e or e.startswith("-")]
         if extras:  # reported by the subcommand they were given to
             self._fail(getattr(namespace, "command_prog", self.prog), f"unrecognized arguments: {' '.join(extras)}")
         return namespace

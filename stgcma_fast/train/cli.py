@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from stgcma_fast.cli_args import (
     torch_device,
     writable_dir,
 )
-from stgcma_fast.train.config import SELECT_ON, ConfigError, load_run_config
+from stgcma_fast.train.config import SELECT_ON, ConfigError, RunConfig, load_run_config
+from stgcma_fast.train.distributed import DistInfo
 
 TASKS = ("ave",)  # the tasks `train` / `eval` accept today (AVS-S4 and MUSIC-AVQA plug in later)
 
@@ -57,7 +59,8 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 def train_command(args: argparse.Namespace) -> int:
     from stgcma_fast.train.distributed import init_distributed, shutdown
-    from stgcma_fast.train.run import run_seeds, run_training, synthetic_root
+    from stgcma_fast.train.run import synthetic_root
+    from stgcma_fast.train.trainer import NonFiniteLossError
 
     out = _run_dir(args)
     if args.resume:
@@ -95,16 +98,25 @@ def train_command(args: argparse.Namespace) -> int:
     dist = init_distributed(cfg.run.device)
     try:
         data_root = synthetic_root(cfg.task, dist) if cfg.data.synthetic else Path(cfg.data.root)
-        if dist.is_main:
-            print(f"run folder: {out}", flush=True)
-        if args.seeds and len(args.seeds) > 1:
-            run_seeds(cfg, list(args.seeds), out, data_root, dist, resume=args.resume)
-        else:
-            if args.seeds:
-                cfg = cfg.replace(**{"run.seed": args.seeds[0]})
-            run_training(cfg, out, data_root, dist, resume=args.resume)
+        return _train(args, cfg, out, data_root, dist)
+    except NonFiniteLossError as err:  # the run diverged: one line, exit 1 (the checkpoints so far are kept)
+        print(f"stgcma-fast train: stopped: {err}", file=sys.stderr)
+        return 1
     finally:
         shutdown(dist)
+
+
+def _train(args: argparse.Namespace, cfg: RunConfig, out: Path, data_root: Path, dist: DistInfo) -> int:
+    from stgcma_fast.train.run import run_seeds, run_training
+
+    if dist.is_main:
+        print(f"run folder: {out}", flush=True)
+    if args.seeds and len(args.seeds) > 1:
+        run_seeds(cfg, list(args.seeds), out, data_root, dist, resume=args.resume)
+    else:
+        if args.seeds:
+            cfg = cfg.replace(**{"run.seed": args.seeds[0]})
+        run_training(cfg, out, data_root, dist, resume=args.resume)
     return 0
 
 

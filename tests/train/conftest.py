@@ -8,7 +8,7 @@ import pytest
 
 # A CLIP-shaped ViT small enough that one epoch over the tiny set takes about a second.
 TINY_OVERRIDES = [
-    "model.preset=clip-b16-tiny",
+    "model.preset=clip-b16-tiny", "model.pretrained=false", "optim.average_from_epoch=null",
     "model.config.backbone_kwargs={img_size: 32, embed_dim: 32, depth: 1, num_heads: 2}",
     "model.config.adapter=8",
     "optim.epochs=2", "optim.lr=1e-3", "optim.head_lr_scale=1", "optim.warmup_epochs=0.5",
