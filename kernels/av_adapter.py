@@ -90,33 +90,46 @@ class _Launch:
 BLOCK_D = 64  # chunk of D in every projection loop: D = 1536 runs in 24 steps, shared memory stays bounded
 
 # Launch candidates per padded bottleneck BLOCK_R and kernel step. On the GPU the autotuner times them once per key
-# (D, BLOCK_R, the flags, the token counts of the attention kernels, the dtypes) and keeps the fastest; the first,
-# each step's former fixed launch, is the default when autotuning is off (STGCMA_FAST_AUTOTUNE=0). The others come
-# from sm_90 ptxas resource reports (`python -m tests.kernels.compile_check tests.kernels.test_av_adapter:_sm90_specs
-# '["bf16"]'` prints registers and spill bytes per variant) of the training build, bf16 u with an fp32 residual and
-# fp32 master weights: block shapes that spill no registers, or fewest, within 164 KB of shared memory (A100). Spill
-# bytes per thread there, BLOCK_R = 128 (B/16 Base, r = 96): attn_fwd 64x32/8 warps 144, 32x16 72, 16x32 and 16x64
-# 0; attn_bwd 32x32/4 warps 600, 16x16/8 64, 16x32/8 104, 16x64/8 192 (none spill-free); down / up_bwd 0. BLOCK_R =
-# 64: attn_bwd 32x32/4 200, the others 0; BLOCK_R = 32: 0 throughout. Every candidate is parity-tested in the
-# interpreter (tests/kernels/test_av_adapter.py::test_every_gpu_launch_candidate) and compiled for sm_90 there.
+# (D, BLOCK_R, the flags, the token counts of the attention kernels, the dtypes) and keeps the fastest; the first is
+# the default when autotuning is off (STGCMA_FAST_AUTOTUNE=0). They come from sm_90 ptxas resource reports of the
+# variant the JIT builds (16-byte aligned pointers, sizes that are multiples of 16 specialised: `python -m
+# tests.kernels.compile_check tests.kernels.test_av_adapter:_sm90_specs '["bf16"]'` prints registers and spill bytes
+# per variant; triton 3.8's ptxas) in the training build, bf16 u with an fp32 residual and fp32 master weights, at
+# the model shapes (G = 80 frames; B/16 Base for BLOCK_R = 128, L/14 Base for 64, B/16 Tiny for 32): of a grid of
+# block shapes (16..128 rows, 16..64 keys, 4 / 8 warps, 2 stages; 16 warps or 1 stage spill more) the ones that spill
+# no registers within 164 KB of shared memory (A100), spill-free with the most headroom first. Registers / spill bytes
+# per thread, in list order:
+#   BLOCK_R = 128  down 119/0 80/0 186/0; attn_fwd 195/0 254/0 216/0 250/0; up_bwd 178/0 86/0 60/0;
+#                  attn_bwd 254/8 255/16 255/48 255/152: no block shape is spill-free there (the former first, 32 x 32
+#                  at 4 warps, spills 672 B, as the former first attn_fwd, 64 x 32 at 8 warps, spills 200 B)
+#   BLOCK_R = 64   down 98/0 80/0; attn_fwd 226/0 204/0 170/0 105/0; up_bwd 178/0 92/0;
+#                  attn_bwd 173/0 229/0 177/0 255/0 (the former first, 32 x 32 at 4 warps, spills 8 B)
+#   BLOCK_R = 32   down 72/0 56/0; attn_fwd 160/0 128/0 168/0 86/0; up_bwd 124/0 72/0;
+#                  attn_bwd 187/0 254/0 182/0 106/0 (the former 16 x 32 at 4 warps spills 24 B)
+# Without the JIT's specialisation ptxas reports up to three times the registers and spills the real build does
+# not have (compile_check). Every candidate is parity-tested in the interpreter
+# (tests/kernels/test_av_adapter.py::test_every_gpu_launch_candidate) and compiled for sm_90 there.
 _GPU_LAUNCH: dict[int, dict[str, tuple[_Launch, ...]]] = {
     32: {"down": (_Launch(64, 0, 4, 2), _Launch(32, 0, 4, 2)),
          "attn_fwd": (_Launch(64, 32, 8, 2), _Launch(64, 16, 8, 2), _Launch(32, 16, 4, 2), _Launch(16, 32, 4, 2)),
          "up_bwd": (_Launch(64, 0, 4, 2), _Launch(32, 0, 4, 2)),
-         "attn_bwd": (_Launch(64, 32, 8, 2), _Launch(64, 16, 8, 2), _Launch(32, 16, 4, 2), _Launch(16, 32, 4, 2))},
+         "attn_bwd": (_Launch(64, 16, 8, 2), _Launch(64, 32, 8, 2), _Launch(16, 64, 8, 2), _Launch(16, 16, 8, 2))},
     64: {"down": (_Launch(64, 0, 4, 2), _Launch(32, 0, 4, 2)),
          "attn_fwd": (_Launch(64, 32, 4, 2), _Launch(64, 16, 8, 2), _Launch(32, 32, 8, 2), _Launch(16, 32, 8, 2)),
          "up_bwd": (_Launch(64, 0, 4, 2), _Launch(32, 0, 4, 2)),
-         "attn_bwd": (_Launch(32, 32, 4, 2), _Launch(32, 16, 8, 2), _Launch(16, 16, 8, 2), _Launch(16, 32, 8, 2))},
-    128: {"down": (_Launch(64, 0, 8, 2), _Launch(32, 0, 8, 2), _Launch(16, 0, 8, 2)),
-          "attn_fwd": (_Launch(64, 32, 8, 2), _Launch(16, 32, 8, 2), _Launch(16, 64, 8, 2), _Launch(32, 16, 8, 2)),
+         "attn_bwd": (_Launch(16, 32, 8, 2), _Launch(64, 16, 4, 2), _Launch(16, 16, 8, 2), _Launch(32, 16, 4, 2))},
+    128: {"down": (_Launch(64, 0, 8, 2), _Launch(32, 0, 8, 2), _Launch(128, 0, 8, 2)),
+          "attn_fwd": (_Launch(16, 32, 8, 2), _Launch(32, 32, 8, 2), _Launch(16, 64, 8, 2), _Launch(32, 16, 8, 2)),
           "up_bwd": (_Launch(64, 0, 8, 2), _Launch(32, 0, 8, 2), _Launch(16, 0, 8, 2)),
-          "attn_bwd": (_Launch(32, 32, 4, 2), _Launch(16, 16, 8, 2), _Launch(16, 32, 8, 2), _Launch(16, 64, 8, 2))},
+          "attn_bwd": (_Launch(16, 16, 8, 2), _Launch(16, 32, 8, 2), _Launch(16, 16, 4, 2), _Launch(16, 64, 8, 2))},
 }  # fmt: skip
-# Under TRITON_INTERPRET=1 (no GPU to time on) one launch per step: few, large tiles run fastest in numpy.
+# Under TRITON_INTERPRET=1 (no GPU to time on) one launch per step: few, large tiles run fastest in numpy (the
+# interpreter tests' token counts are chosen against these blocks).
 _INTERPRETER_LAUNCH: dict[int, dict[str, _Launch]] = {
-    block_r: {step: launches[0] for step, launches in steps.items()} for block_r, steps in _GPU_LAUNCH.items()
-}
+    block_r: {"down": _Launch(64, 0, 4, 2), "attn_fwd": _Launch(64, 32, 4, 2), "up_bwd": _Launch(64, 0, 4, 2),
+              "attn_bwd": _Launch(64 if block_r == 32 else 32, 32, 4, 2)}
+    for block_r in _GPU_LAUNCH
+}  # fmt: skip
 _STEPS = ("down", "attn_fwd", "up_bwd", "attn_bwd")
 _OVERRIDES = LaunchOverrides(_STEPS)  # launches forced per step (tests: force_launch)
 

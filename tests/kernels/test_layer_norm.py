@@ -174,10 +174,11 @@ def _sm90_specs() -> list[KernelSpec]:
                    "eps": "fp32"}  # fmt: skip
             bwd = {"X": f"*{x}", "W": f"*{w}", "DY": f"*{o}", "DX": f"*{x}", "stride_x": "i32", "D": "i32",
                    "eps": "fp32"}  # fmt: skip
+            values = {"stride_x": D, "D": D, "eps": 1e-5}  # contiguous rows (the JIT specialises D % 16 == 0)
             specs.append(KernelSpec(kernel._layer_norm_fwd_kernel, fwd, {**consts, "HAS_B": True}, launch.num_warps,
-                                    3, label=f"fwd {x} -> {o}, D={D}"))
+                                    3, label=f"fwd {x} -> {o}, D={D}", values=values))
             specs.append(KernelSpec(kernel._layer_norm_bwd_kernel, bwd, consts, launch.num_warps, 3,
-                                    label=f"bwd {x} <- {o}, D={D}"))
+                                    label=f"bwd {x} <- {o}, D={D}", values=values))
     return specs
 
 

@@ -442,6 +442,10 @@ _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "
 # training mix: bf16 x from the frozen projection, the fp32 residual stream and fp32 master weights.
 SM90_CASES = {"fp32": (F32, F32, F32), "bf16": (BF16, BF16, BF16), "bf16-train": (BF16, F32, F32)}
 SM90_BOTTLENECKS = (128, 64, 32)  # padded r of the model shapes: B/16 r = 96 and 24, L/14 r = 64 and 32
+# The integer arguments at the model shape of each padded r (the JIT specialises multiples of 16): the video rows of a
+# training batch of 8 clips x 10 frames, contiguous (the row strides are D).
+SM90_SHAPES = {128: dict(R=80 * 197, D=768, r=96), 64: dict(R=80 * 257, D=1024, r=64),
+               32: dict(R=80 * 197, D=768, r=24)}  # fmt: skip
 
 
 def _sm90_specs(case: str) -> list[KernelSpec]:
@@ -465,7 +469,10 @@ def _sm90_specs(case: str) -> list[KernelSpec]:
                 consts = {"HAS_SCALE": True, "ACC": tl.float32, "DOT_PRECISION": prec, "BLOCK_r": block_r,
                           **kernel._config(c).kwargs}  # fmt: skip
                 label = f"{dt} x, {rt} res, {wt} w, BLOCK_r={block_r}, BLOCK_R={c.block_rows}, BLOCK_D={c.block_d}"
-                specs.append(KernelSpec(jit, sig, consts, c.num_warps, c.num_stages, label=label))
+                dims = SM90_SHAPES[block_r]
+                strides = ("stride_x", "stride_res") if step == "fwd" else ("stride_dy",)
+                values = dims | dict.fromkeys(strides, dims["D"])
+                specs.append(KernelSpec(jit, sig, consts, c.num_warps, c.num_stages, label=label, values=values))
     return specs
 
 

@@ -266,16 +266,32 @@ SM90_CASES = {
 }
 
 
+# The shape each (BLOCK_M, BLOCK_HD) is compiled at (the JIT specialises multiples of 16): the ViT-B/16 temporal
+# attention of 8 clips x 10 frames for (16, 64), test_gpu_parity's shapes for the others.
+SM90_SHAPES = {(16, 64): dict(B=8, M=10, N=197, H=12, hd=64), (16, 128): dict(B=1, M=32, N=50, H=2, hd=128),
+               (1, 16): dict(B=3, M=1, N=7, H=2, hd=16)}  # fmt: skip
+
+
+def _sm90_values(sig: dict[str, str], B: int, M: int, N: int, H: int, hd: int) -> dict[str, int | float]:
+    """The scalar arguments the launchers pass for contiguous qkv (B, M, N, 3 H hd) and out / grad (B, M, N, H hd)."""
+    D = H * hd
+    values = {"M": M, "N": N, "H": H, "hd": hd, "stride_b": M * N * 3 * D, "stride_m": N * 3 * D, "stride_n": 3 * D,
+              "stride_ob": M * N * D, "stride_om": N * D, "stride_on": D, "sm_scale": hd**-0.5,
+              "qk_scale": hd**-0.5 * 1.4426950408889634}  # fmt: skip
+    return {k: v for k, v in values.items() if k in sig}
+
+
 def _sm90_specs(case: str) -> list[KernelSpec]:
     """Both kernels as the launchers specialise them for the launch candidates of ``SM90_CASES[case]``
     (``temporal_attention._GPU_LAUNCH``, pruned as for N = 197 tokens)."""
     dt, blocks = SM90_CASES[case]
     prec = "ieee" if dt == "fp32" else "tf32"  # ieee_dot_precision(qkv's dtype)
+    # strides fit in 32 bits at these shapes: the JIT passes them as i32 (it would pick i64 for larger values)
     fwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "LSE": "*fp32", "M": "i32", "N": "i32", "H": "i32", "hd": "i32",
-           "stride_b": "i64", "stride_m": "i32", "stride_n": "i32", "qk_scale": "fp32"}  # fmt: skip
+           "stride_b": "i32", "stride_m": "i32", "stride_n": "i32", "qk_scale": "fp32"}  # fmt: skip
     bwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "DOUT": f"*{dt}", "LSE": "*fp32", "DQKV": f"*{dt}", "M": "i32",
-           "N": "i32", "H": "i32", "hd": "i32", "stride_b": "i64", "stride_m": "i32", "stride_n": "i32",
-           "stride_ob": "i64", "stride_om": "i32", "stride_on": "i32", "sm_scale": "fp32",
+           "N": "i32", "H": "i32", "hd": "i32", "stride_b": "i32", "stride_m": "i32", "stride_n": "i32",
+           "stride_ob": "i32", "stride_om": "i32", "stride_on": "i32", "sm_scale": "fp32",
            "qk_scale": "fp32"}  # fmt: skip
     specs = []
     for (block_m, block_hd), every in blocks.items():
@@ -286,7 +302,8 @@ def _sm90_specs(case: str) -> list[KernelSpec]:
                 consts = {"ACC": tl.float32, "DOT_PRECISION": prec, "BLOCK_M": block_m, "BLOCK_HD": block_hd,
                           **kernel._config(c).kwargs}  # fmt: skip
                 label = f"{dt}, BLOCK_M={block_m}, BLOCK_HD={block_hd}, ROWS={c.rows}"
-                specs.append(KernelSpec(jit, sig, consts, c.num_warps, c.num_stages, label=label))
+                specs.append(KernelSpec(jit, sig, consts, c.num_warps, c.num_stages, label=label,
+                                        values=_sm90_values(sig, **SM90_SHAPES[(block_m, block_hd)])))
     return specs
 
 
