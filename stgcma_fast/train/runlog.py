@@ -86,6 +86,7 @@ class MetricsLog:
             return
         record = _clean(record)
         self.records.append(record)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()

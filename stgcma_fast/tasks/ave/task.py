@@ -180,7 +180,8 @@ class AveTask(Task):
                              audio_source=o.audio_source, seed=seed)
         return AveLoader(dataset, batch_size=batch_size, device=device, num_workers=num_workers, shuffle=train,
                          seed=seed, rank=rank, world_size=world_size, on_error=o.on_error, frontend=None,
-                         pad=None if train else False)  # evaluation: disjoint shards, each clip counted once
+                         pad=None if train else False,  # evaluation: disjoint shards, each clip counted once
+                         persistent_workers=num_workers > 0)  # no worker start-up cost at every epoch
 
     def audio_features(self, model: STGCMABase, waveform: torch.Tensor, *, train: bool,
                        generator: torch.Generator | None = None) -> torch.Tensor:
