@@ -103,7 +103,12 @@ class AveDataset(Dataset):
         self.seed = seed
         self.sample_rate = sample_rate
         self.clip_seconds = clip_seconds
-        clips = list(clips) if clips is not None else read_split(self.root, split)
+        if clips is not None:
+            clips = list(clips)
+            if not clips:
+                raise ValueError(f"expected at least one clip, got an empty clips list (split {split!r} of {root})")
+        else:
+            clips = read_split(self.root, split)  # an empty split file is an error naming it
         audio_dir = Path(audio_dir) if audio_dir is not None else self.root / AUDIO_DIR
         self.items = ave_items(clips, video_dir or self.root / VIDEO_DIR, audio_dir, audio_source)
 

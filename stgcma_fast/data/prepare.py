@@ -99,7 +99,6 @@ def prepare_audio(
     if isinstance(video_ids, (str, bytes)):
         raise ValueError(f"expected video_ids to be a sequence of ids or None, got {video_ids!r} (a string)")
     out = check_writable_dir("out_dir", out_dir if out_dir is not None else root / AUDIO_DIR)
-    out.mkdir(parents=True, exist_ok=True)
     videos = index_media_folder(root / VIDEO_DIR, VIDEO_SUFFIXES)
     if video_ids is None:
         annotations = root / "Annotations.txt"
@@ -116,6 +115,8 @@ def prepare_audio(
             report.failed.append((vid, str(root / VIDEO_DIR / f"{vid}.mp4"), "video file not found"))
             continue
         jobs.append((vid, video, target))
+    if jobs:  # created only when there is something to write into it
+        out.mkdir(parents=True, exist_ok=True)
     args = [(video, target, seconds, sample_rate, check_video, min_frames) for _, video, target in jobs]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
