@@ -72,23 +72,24 @@ _L = _Launch
 # Launch candidates per dot class ("fp32": IEEE fp32 dots, which run on CUDA cores; "16-bit": fp16 / bf16 x, whatever
 # the residual and weights), padded bottleneck BLOCK_r and kernel step. On the GPU the autotuner times them once per
 # key (D, BLOCK_r, HAS_SCALE and the dtypes of every tensor argument) and keeps the fastest; the first is the default
-# when autotuning is off (STGCMA_FAST_AUTOTUNE=0). They come from sm_90 ptxas resource reports (`python -m
+# when autotuning is off (STGCMA_FAST_AUTOTUNE=0). They come from sm_90 ptxas resource reports of the variant the JIT
+# builds (16-byte aligned pointers, multiples of 16 specialised, at the model shapes: `python -m
 # tests.kernels.compile_check tests.kernels.test_t_adapter:_sm90_specs '["bf16-train"]'` prints registers and spill
-# bytes per variant): block shapes that spill no registers within 164 KB of shared memory (A100), the 16-bit ones in
-# the training mix (bf16 x, fp32 residual, fp32 master weights: the fp32 weight tiles are converted in registers, the
-# widest case), the fp32 ones in fp32. The former default (the first config of the former single list that its pruning
-# rules kept: BLOCK_R = 64, BLOCK_D = 64, 4 warps, 3 stages; BLOCK_R = 32 for fp32 at BLOCK_r = 128) is a list's first
-# where it spills nothing, else its last (the autotuner may still pick it); the first is then the closest spill-free
-# shape, mostly the same tile at 8 warps. Spill bytes per thread of each list, in order:
+# bytes per variant; triton 3.8's ptxas): block shapes that spill no registers within 164 KB of shared memory (A100),
+# spill-free ones first, the 16-bit ones in the training mix (bf16 x, fp32 residual, fp32 master weights: the fp32
+# weight tiles are converted in registers, the widest case), the fp32 ones in fp32. The former default (the first
+# config of the former single list that its pruning rules kept: BLOCK_R = 64, BLOCK_D = 64, 4 warps, 3 stages;
+# BLOCK_R = 32 for fp32 at BLOCK_r = 128) is a list's first where the first (unspecialised) reports found it
+# spill-free, else its last (the autotuner may still pick it). Spill bytes per thread of each list, in order (the
+# unspecialised builds reported up to 1 KB for the last ones):
 #   16-bit, training mix  fwd                          bwd
-#     BLOCK_r = 32        0, 0, 0, 0                   0, 0, 0, 0, 96 (former default)
-#     BLOCK_r = 64        0, 0, 0, 0, 72               0, 0, 0, 0, 544
-#     BLOCK_r = 128       0, 0, 0, 0, 520              0, 0, 0, 48, 1048 (no 64 x 64 tile is spill-free here)
-#   fp32 (the IEEE dots run on CUDA cores; at BLOCK_r >= 64 no tile of more than 2048 rows x D-chunk elements is
-#   spill-free, in either kernel)
-#     BLOCK_r = 32        0, 0, 0, 0, 248              0, 0, 0, 0, 240
-#     BLOCK_r = 64        0, 0, 0, 0, 840              0, 0, 0, 0, 1064
-#     BLOCK_r = 128       0, 0, 0, 0, 704              0, 0, 0, 0, 488
+#     BLOCK_r = 32        0, 0, 0, 0                   0, 0, 0, 0, 0 (former default)
+#     BLOCK_r = 64        0, 0, 0, 0, 0                0, 0, 0, 0, 0
+#     BLOCK_r = 128       0, 0, 0, 0, 0                0, 0, 0, 0, 16
+#   fp32 (the IEEE dots run on CUDA cores)
+#     BLOCK_r = 32        0, 0, 0, 0, 8                0, 0, 0, 8, 0
+#     BLOCK_r = 64        0, 0, 0, 0, 152              0, 0, 0, 0, 232
+#     BLOCK_r = 128       0, 0, 0, 8, 8                0, 0, 0, 0, 48
 # Every candidate is parity-tested in the interpreter (tests/kernels/test_t_adapter.py::test_every_gpu_launch_candidate)
 # and compiled for sm_90 there (fp32, bf16, and the training mix).
 _GPU_LAUNCH: dict[str, dict[int, dict[str, tuple[_Launch, ...]]]] = {
@@ -102,10 +103,10 @@ _GPU_LAUNCH: dict[str, dict[int, dict[str, tuple[_Launch, ...]]]] = {
     },
     "fp32": {
         32: {"fwd": (_L(64, 64, 8, 3), _L(64, 32, 4, 4), _L(128, 32, 8, 4), _L(32, 64, 8, 3), _L(64, 64, 4, 3)),
-             "bwd": (_L(64, 32, 8, 3), _L(64, 32, 4, 4), _L(128, 32, 8, 4), _L(32, 64, 8, 3), _L(64, 64, 4, 3))},
+             "bwd": (_L(64, 32, 8, 3), _L(128, 32, 8, 4), _L(32, 64, 8, 3), _L(64, 32, 4, 4), _L(64, 64, 4, 3))},
         64: {"fwd": (_L(64, 32, 8, 3), _L(32, 64, 8, 3), _L(32, 32, 8, 3), _L(16, 64, 8, 2), _L(64, 64, 4, 3)),
              "bwd": (_L(64, 32, 8, 3), _L(32, 64, 8, 3), _L(32, 32, 8, 3), _L(16, 64, 8, 2), _L(64, 64, 4, 3))},
-        128: {"fwd": (_L(64, 32, 8, 2), _L(32, 64, 8, 2), _L(32, 32, 8, 3), _L(16, 64, 8, 2), _L(32, 64, 4, 3)),
+        128: {"fwd": (_L(64, 32, 8, 2), _L(32, 64, 8, 2), _L(16, 64, 8, 2), _L(32, 32, 8, 3), _L(32, 64, 4, 3)),
               "bwd": (_L(64, 32, 8, 2), _L(32, 64, 8, 2), _L(32, 32, 8, 3), _L(16, 64, 8, 2), _L(32, 64, 4, 3))},
     },
 }  # fmt: skip

@@ -71,16 +71,17 @@ _L = _Launch
 # probabilities (the backward also dP and dS) next to (ROWS, BLOCK_HD) tiles of q, k, v (and o, dO, dq, dk, dv), so
 # its registers grow with ROWS^2 and ROWS x BLOCK_HD; 8 warps halve each thread's share. The former default (the
 # first config of the former single list that its pruning rules kept: 64 rows / 4 warps for 16-bit, 32 / 4 for fp32,
-# 16 / 4 for fp32 at BLOCK_HD = 128) is a list's first where it spills nothing, else its last (the autotuner may still
-# pick it). Spill bytes per thread of each list, in order (BLOCK_HD = 16 and 32: none anywhere):
-#                        fwd                 bwd
-#   16-bit, BLOCK_HD 64  0, 0, 0, 0          0, 0, 0, 192 (former default)
-#   16-bit, BLOCK_HD 128 0, 0, 0, 0, 104     0, 0, 0, 240, 864 (ROWS >= 64 spills in the backward)
-#   fp32, BLOCK_HD 64    0, 0, 0, 16         0, 0, 0, 896 (ROWS >= 64 spills 7.5 KB in the backward)
-#   fp32, BLOCK_HD 128   0, 0, 16            0, 0, 704
-# fp32 at BLOCK_HD = 128 (hd 65..128) spills unless a program holds a single token (ROWS = 16): 32 rows spill 16 / 408
-# bytes in the forward and 704 / 1016 in the backward at 8 / 4 warps (48 / 432 and 720 / 968 at BLOCK_M = 32), so
-# for fp32 with hd > 64 and M > 16 frames (which need 32 rows) spilling is unavoidable with this tile structure.
+# 16 / 4 for fp32 at BLOCK_HD = 128) is a list's first where it spilled nothing, else its last (the autotuner may still
+# pick it). Spill bytes per thread of each list, in order, as the JIT builds the variants (16-byte aligned pointers,
+# multiples of 16 specialised, ViT-B/16's N = 197 tokens, triton 3.8's ptxas), and in brackets as the unspecialised
+# builds first reported them (BLOCK_HD = 16 and 32: none anywhere):
+#                        fwd                           bwd
+#   16-bit, BLOCK_HD 64  0, 0, 0, 0                    0, 0, 0, 0 (192 for the former default)
+#   16-bit, BLOCK_HD 128 0, 0, 0, 0, 0 (104)           0, 0, 0, 0, 0 (240, 864)
+#   fp32, BLOCK_HD 64    0, 0, 0, 0 (16)               0, 0, 0, 0 (896)
+#   fp32, BLOCK_HD 128   0 (the others not re-measured: 16)   0 (704)
+# In the unspecialised builds fp32 at BLOCK_HD = 128 (hd 65..128) spilled unless a program held a single token
+# (ROWS = 16): 32 rows spilled 16 / 408 bytes in the forward and 704 / 1016 in the backward at 8 / 4 warps.
 # Every candidate is parity-tested in the interpreter (tests/kernels/test_temporal_attention.py::
 # test_every_gpu_launch_candidate) and compiled for sm_90 there.
 _GPU_LAUNCH: dict[str, dict[int, dict[str, tuple[_Launch, ...]]]] = {

@@ -40,8 +40,9 @@ still running at its limit is stopped with SIGINT (pytest prints its summary, py
 measured; SIGKILL 20 s later) and the next one starts. A phase with less time than its minimum is skipped.
 
 In the background, from the end of the install on, scripts/warm_triton_cache.py compiles the kernel variants of the
-model and kernel phases into Triton's cache, so that those phases find them there (the parity phases compile in
-parallel themselves).
+model and kernel phases into Triton's cache (--warm-jobs processes, at a lower CPU priority), so that those phases
+find them there instead of compiling each autotune candidate one after another; model-b16 and kernels-b16 wait up to
+90 s for the warmer's tasks of their kind (the parity phases compile in parallel themselves).
 
 Results, in --out (default ./gpu-out), rewritten after every phase, so a run stopped at any point keeps what
 finished: summary.json (environment, and per phase its status, limit, seconds, pass / fail / skip counts and the
@@ -74,6 +75,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 FINAL_RESERVE = 25  # seconds kept at the end: the SIGKILL grace of a stopped step, the last merge and render
 GRACE = 20  # seconds between SIGINT and SIGKILL of a stopped step
+WARM_WAIT = 90  # seconds a phase waits at most for the cache warmer's tasks of its kind
 DEFAULT_BUDGET = 600
 
 # bench/test_model.py's ViT-B/16 Base training cases, in the order the goals need them.
@@ -102,6 +104,7 @@ class Phase:
     essential: bool = False  # its minimum is reserved while the phases before it run
     help: str = ""
     cap: int | None = None  # seconds it may run at most, whatever is left (a hung phase leaves the rest their time)
+    warm: str | None = None  # the cache warmer's task kind it waits for (at most WARM_WAIT s, out of its own time)
 
 
 NO_AUTOTUNE = (("STGCMA_FAST_AUTOTUNE", "0"),)  # each launcher runs its first candidate; forced ones still run
@@ -109,9 +112,9 @@ PHASES: tuple[Phase, ...] = (
     Phase("parity-train", (Step("tests", ("-m", "gpu and train_mix", "tests/kernels"), NO_AUTOTUNE, True),),
           75, 45, True, "bf16 training-mix parity at ViT-B/16 shapes, every launch candidate", cap=240),
     Phase("model-b16", (Step("bench", tuple(B16_TRAIN)),), 90, 75, True,
-          "ViT-B/16 Base training step: reference, fast-triton, fast", cap=240),
+          "ViT-B/16 Base training step: reference, fast-triton, fast", cap=240, warm="model-b16-train"),
     Phase("kernels-b16", (Step("bench", ("bench/test_kernels.py", "-k", "vit-b16 and not compile")),), 60, 40, True,
-          "kernel rows at ViT-B/16 shapes"),
+          "kernel rows at ViT-B/16 shapes", warm="kernels-b16"),
     Phase("parity-rest", (Step("tests", ("-m", "gpu and not train_mix", "-k", "not inductor", "tests/kernels"),
                                NO_AUTOTUNE, True),), 120, 30, help="the other GPU parity tests"),
     Phase("compile", (Step("tests", ("-m", "gpu", "-k", "inductor", "tests/kernels"), (), True),
@@ -268,6 +271,23 @@ class Session:
         self.summary: dict = {"budget_s": budget, "jobs": jobs, "phases": []}
         self.results: Path | None = None  # the merged benchmark JSON in out
         self.failed = False
+        self.warmer: subprocess.Popen | None = None  # scripts/warm_triton_cache.py, once started
+
+    def wait_for_warmer(self, kind: str, timeout: float) -> float:
+        """Wait until the warmer has finished (done or failed) every task of ``kind``, has exited, or ``timeout``
+        seconds have passed: a benchmark that starts earlier compiles the same variants itself, one after another,
+        while the warmer compiles them in parallel. Returns the seconds waited."""
+        from importlib import import_module
+
+        sys.path.insert(0, str(REPO / "scripts"))
+        tasks = [t for t in import_module("warm_triton_cache").TASKS if t.startswith(kind + ":")]
+        start = time.monotonic()
+        while time.monotonic() - start < timeout and self.warmer.poll() is None:
+            log = (self.out / "warm.log").read_text(errors="replace") if (self.out / "warm.log").exists() else ""
+            if all(f"warm {task}: " in log for task in tasks):
+                break
+            time.sleep(1)
+        return time.monotonic() - start
 
     def left(self) -> float:
         return self.budget - (time.monotonic() - self.start)
@@ -322,6 +342,8 @@ class Session:
             self.save()
             return
         end = time.monotonic() + limit
+        if phase.warm and self.warmer is not None:
+            record["warm_wait_s"] = round(self.wait_for_warmer(phase.warm, min(WARM_WAIT, limit / 3)), 1)
         for n, step in enumerate(phase.steps):
             step_limit = end - time.monotonic()
             if step_limit < 10:
@@ -436,14 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     ns.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("TRITON_INTERPRET", None)
-    warmer = None
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
         session = Session(ns.out, ns.budget, ns.jobs, env, Path(work))
         try:
             def installed() -> None:  # the warmer needs the package; it starts as soon as that is installed
-                nonlocal warmer
                 if ns.warm_jobs:
-                    warmer = start_warmer(session.env, ns.out, ns.warm_jobs)
+                    session.warmer = start_warmer(session.env, ns.out, ns.warm_jobs)
 
             reason = session.setup(not ns.no_install, ns.wheels, installed)
             if reason is not None:
@@ -457,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                 session.run_phase(ns.selected, i)
                 print(f"#   {session.summary['phases'][-1]['status']}", flush=True)
         finally:
-            stop(warmer)
+            stop(session.warmer)
             session.summary.setdefault("status", "failed" if session.failed else "passed")
             session.save()
     print(json.dumps({p["name"]: p["status"] for p in session.summary["phases"]}, indent=1))
