@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stgcma_fast.core import STGCMABase
-from stgcma_fast.data.ave import NUM_CLASSES
 from stgcma_fast.data.augment import spec_augment
+from stgcma_fast.data.ave import NUM_CLASSES
 from stgcma_fast.data.frontend import AVE_FBANK_MEAN, AVE_FBANK_STD, AudioFrontEnd, AudioFrontEndSettings
 from stgcma_fast.modules import AVEHead
 from stgcma_fast.tasks.ave.metrics import AveMetrics
