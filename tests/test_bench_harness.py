@@ -4,6 +4,8 @@ raised."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -76,3 +78,36 @@ def test_joint_rows_providers_match_and_a_wrong_answer_is_caught():
     full = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.5).transpose(1, 2).reshape(G, Nv + Na, D)
     with pytest.raises(AssertionError):
         jr._check(list(full.split([Nv, Na], dim=1)), expected, "unmasked")
+
+
+class _FakeBenchmark:
+    """What run_benchmark uses of pytest-benchmark's fixture (a real one would add the case to the session's JSON)."""
+
+    def __init__(self) -> None:
+        self.extra_info: dict = {}
+        self.stats = None
+        self.calls = 0
+
+    def pedantic(self, fn, rounds: int, iterations: int, warmup_rounds: int) -> None:
+        for _ in range(rounds * iterations):
+            fn()
+            self.calls += 1
+
+
+def test_kernel_rows_ask_for_device_timing_and_the_cpu_keeps_the_host_clock():
+    """bench/test_kernels.py times on the device on CUDA (CUDA graphs or events, bench.common.device_time); on a CPU
+    the host clock stays, and says so."""
+    from bench import common, test_kernels
+
+    bench = _FakeBenchmark()
+    x = torch.randn(64, 64)
+    extra = common.run_benchmark(bench, lambda: x @ x, rounds=3, device_timer=True, bytes_moved=3 * x.numel() * 4)
+    assert bench.calls == 3
+    if common.HAS_CUDA:
+        assert extra["timer"] in ("cuda-graph", "cuda-events") and extra["host_median_s"] > 0
+    else:
+        assert extra["timer"] == "host" and "host_median_s" not in extra
+    assert extra["median_s"] > 0 and extra["gbps"] == pytest.approx(3 * x.numel() * 4 / extra["median_s"] / 1e9)
+    assert bench.extra_info == extra
+    source = Path(test_kernels.__file__).read_text()
+    assert "device_timer=True" in source

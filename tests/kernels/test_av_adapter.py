@@ -246,6 +246,23 @@ def test_tolerances_catch_small_bugs(dtype, bug, device):
         compare((2, 50, 49, 64, 48), dtype, device, fn=buggy)
 
 
+def test_tolerance_follows_the_dot_precision():
+    """The fp32 row is that of the precision the fp32 dots run at, IEEE in the interpreter (CPU tensors) and tf32x3 on
+    a GPU: K u_d / 2 with K = 1536 (the longest reduction tested) and u_d = u (IEEE) or 13 u (tf32x3), u = 2^-24; the
+    16-bit rows do not depend on it (their own rounding dominates)."""
+    u = 2.0**-24
+    assert ava.dot_precision(torch.float32, "cpu") == "ieee" == ava.dot_precision(torch.float64, "cuda")
+    if torch.version.hip is None:
+        assert ava.dot_precision(torch.float32, "cuda") == "tf32x3" == ava._dot_precisions(torch.float32)[1]
+        assert ava.tolerance(torch.float32, "cuda") == ava.TOLERANCES[(torch.float32, "tf32x3")]
+    assert ava.tolerance(torch.float32, "cpu") == ava.TOLERANCES[(torch.float32, "ieee")]
+    assert ava.TOLERANCES[(torch.float32, "ieee")][0] == pytest.approx(1536 * u / 2, rel=0.1)
+    assert ava.TOLERANCES[(torch.float32, "tf32x3")][0] == pytest.approx(1536 * 13 * u / 2, rel=0.05)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert ava.TOLERANCES[(dtype, "ieee")] == ava.TOLERANCES[(dtype, "tf32x3")]
+        assert ava.TOLERANCES[(dtype, "ieee")][0] > 3 * ava.TOLERANCES[(torch.float32, "tf32x3")][0]
+
+
 def test_custom_op_matches_reference(device):
     """Eager calls run AVAdapterFunction (see eager_autograd); the custom op, which torch.compile traces, runs the same
     launchers."""
