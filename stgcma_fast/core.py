@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .backbone import audio_grid, create_backbone, drop_path_rates, freeze_backbone
+from .backbones import Backbone, build_backbone
+from .backbones.vit import create_backbone
 from .config import STGCMAConfig
 from .modules import BlockAdapters
 
@@ -79,6 +80,9 @@ def _param_group(name: str) -> str:
 class STGCMABase(nn.Module):
     """Builds the frozen backbone, the adapters, gates and temporal embeddings of STG-CMA.
 
+    ``self.backbone`` is the frozen timm module (parameter names ``backbone.*``); ``self.arch`` is its side of the
+    backbone seam (:class:`stgcma_fast.backbones.base.Backbone`): stages, block parts, embeddings, pooling.
+
     Args:
         config: the model configuration.
         pretrained: load backbone weights through timm (hub cache or download).
@@ -91,28 +95,34 @@ class STGCMABase(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = create_backbone(config, pretrained=pretrained, checkpoint_path=checkpoint_path)
-        freeze_backbone(self.backbone)
-        D = self.backbone.embed_dim
-        self.embed_dim = D
-        self.depth = len(self.backbone.blocks)
-        self.num_heads = self.backbone.blocks[0].attn.num_heads
-        self.bottleneck = config.bottleneck_width(D)
-        self.img_size = tuple(self.backbone.patch_embed.img_size)
-        self.audio_grid = audio_grid(self.backbone, config.audio_size)
+        self.arch: Backbone = build_backbone(self.backbone, config)
+        self.arch.freeze()
+        first = self.arch.stages[0]
+        D = self.arch.embed_dim
+        self.embed_dim = D  # the width of the embeddings (ViT: every block's)
+        self.depth = self.arch.depth
+        self.num_heads = first.heads
+        self.bottleneck = first.bottleneck
+        self.img_size = self.arch.img_size
+        self.audio_grid = self.arch.audio_grid
         M = config.num_frames
-        self.temporal_embed_v = nn.Parameter(torch.zeros(M, D)) if config.has_video else None
-        self.temporal_embed_a = nn.Parameter(torch.zeros(M, D)) if config.has_audio else None
-        self.adapters = nn.ModuleList(BlockAdapters(config, D, self.bottleneck) for _ in range(self.depth))
-        self.drop_path_rates = drop_path_rates(config.drop_path_rate, self.depth)
+        temporal = self.arch.has_temporal_embedding
+        self.temporal_embed_v = nn.Parameter(torch.zeros(M, D)) if config.has_video and temporal else None
+        self.temporal_embed_a = nn.Parameter(torch.zeros(M, D)) if config.has_audio and temporal else None
+        self.adapters = nn.ModuleList(BlockAdapters(config, stage.width, stage.bottleneck)
+                                      for stage in self.arch.stages for _ in stage.blocks)  # fmt: skip
+        self.drop_path_rates = self.arch.drop_path_rates(config.drop_path_rate)
         self.head = head
 
     @property
     def num_video_tokens(self) -> int:
-        return 1 + self.backbone.patch_embed.num_patches
+        """First-stage tokens per video frame (ViT: the class token and the patches)."""
+        return self.arch.num_video_tokens
 
     @property
     def num_audio_tokens(self) -> int:
-        return 1 + self.audio_grid[0] * self.audio_grid[1]
+        """First-stage tokens per audio segment."""
+        return self.arch.num_audio_tokens
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should see (adapters, gates, temporal embeddings, final norm, head)."""
@@ -151,7 +161,7 @@ class STGCMABase(nn.Module):
                 raise ValueError(f"expected video and audio on the same device, got {video.device} and "
                                  f"{audio.device}")
         x = video if video is not None else audio
-        p = self.backbone.patch_embed.proj.weight
+        p = self.arch.patch_weight
         if x.device != p.device:
             raise ValueError(f"expected inputs on the model's device {p.device}, got {x.device}")
         if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.layers import QuickGELU as TimmQuickGELU
 from torch.utils.checkpoint import checkpoint
 
-from .backbone import audio_patch_weight, audio_pos_embed
+from .backbones import BlockParts, GlobalAttention
 from .config import STGCMAConfig
 from .core import STGCMABase, STGCMAOutput
 from .modules import AVAdapter, BlockAdapters, TAdapter
@@ -32,8 +32,9 @@ class FrozenWeights(NamedTuple):
     fc2: tuple[torch.Tensor, torch.Tensor | None]
 
 
-def frozen_weights(block: nn.Module, device_type: str) -> FrozenWeights:
-    """The (weight, bias) pairs of ``block``'s frozen projections; under autocast, cast to its dtype ONCE for the
+def frozen_weights(block: nn.Module | BlockParts, device_type: str) -> FrozenWeights:
+    """The (weight, bias) pairs of ``block``'s frozen projections (a timm block or its :class:`BlockParts`: anything
+    with ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``); under autocast, cast to its dtype ONCE for the
     block. Autocast caches the casts of weights that require grad only, so a frozen weight would otherwise be cast
     again by each of its GEMMs (qkv and proj 4 times per block: temporal and spatial, video and audio; fc1 and fc2
     twice), and every cast copy would be kept for backward, where the GEMM computes the input gradient with it. Cast
@@ -53,6 +54,9 @@ def _adapter_weights(ad: TAdapter) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 class FastSTGCMA(STGCMABase):
     """STG-CMA for training and inference; same constructor, parameter names and outputs as ``ReferenceSTGCMA``.
+
+    One block recipe (temporal -> spatial + AV-Adapter -> FFN + AV-Adapter) runs on every block of every stage of
+    the backbone seam (``self.arch``), with the seam's downsampling between stages.
 
     Args (beyond :class:`stgcma_fast.core.STGCMABase`):
         backends: per-op backend overrides, e.g. ``{"temporal_attention": "sdpa"}``; see :meth:`backends`.
@@ -79,7 +83,10 @@ class FastSTGCMA(STGCMABase):
         if unknown:
             raise ValueError(f"expected recompute to be a subset of {RECOMPUTE}, got {unknown}")
         self.recompute = frozenset(recompute)
-        act = self.backbone.blocks[0].mlp.act
+        layouts = {type(self.arch.block_parts(i).layout).__name__ for i in range(self.depth)}
+        if layouts - {GlobalAttention.__name__}:
+            raise NotImplementedError(f"FastSTGCMA runs spatial attention layouts GlobalAttention, got {layouts}")
+        act = self.arch.block_parts(0).mlp.act
         self._quick_gelu = isinstance(act, TimmQuickGELU)  # CLIP's: a dispatched op (fused kernel or lean torch)
         self._lean_act = lean_activation(act)
 
@@ -94,46 +101,26 @@ class FastSTGCMA(STGCMABase):
         ``dtype``: the activation dtype, e.g. the autocast dtype; then, as under autocast, frozen-layer outputs are
         ``dtype`` while the residual stream and the adapter weights keep the parameters' dtype. ``self.ops.last``
         holds what the last forward actually used."""
-        p = self.backbone.patch_embed.proj.weight
+        p = self.arch.patch_weight
         D, r, H = self.embed_dim, self.bottleneck, self.num_heads
         Nv, Na, M = self.num_video_tokens, self.num_audio_tokens, self.config.num_frames
         act = lambda *shape: torch.zeros(shape, device=p.device, dtype=dtype or p.dtype)  # noqa: E731
         z = lambda *shape: torch.zeros(shape, device=p.device, dtype=p.dtype)  # noqa: E731
         w = (z(r, D), z(r), z(D, r), z(D))
-        norm = self.backbone.blocks[0].norm1
+        first = self.arch.block_parts(0)
+        norm = first.norm1
         probes = {
             "temporal_attention": (act(1, M, Nv, 3 * D), H, 1.0),
             "spatial_attention": (act(1, Nv, 3 * D), H, 1.0),
             "t_adapter": (act(Nv, D), z(Nv, D), *w),
             "av_adapter": (act(1, Nv, D), act(1, Na, D), z(1, Nv, D), z(1, Na, D), *w, *w, z(), z()),
-            "quick_gelu": (act(Nv, self.backbone.blocks[0].mlp.fc1.out_features),),
+            "quick_gelu": (act(Nv, first.mlp.fc1.out_features),),
             "layer_norm": (z(Nv, D), norm.weight, norm.bias, norm.eps, dtype or p.dtype),
         }
         unused = {"quick_gelu": not self._quick_gelu,  # a GELU backbone runs F.gelu
                   "layer_norm": not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1}
         used = [op for op in OPS if not unused.get(op)]
         return {op: self.ops.select(op, *probes[op]).name for op in used}
-
-    # ---------------------------------------------------------------- embeddings
-    def _embed_video(self, video: torch.Tensor) -> torch.Tensor:
-        bb = self.backbone
-        B, M = video.shape[:2]
-        patches = bb.patch_embed(video.reshape(B * M, *video.shape[2:])).view(B, M, -1, self.embed_dim)
-        pos = bb.pos_embed.view(1, 1, -1, self.embed_dim) + self.temporal_embed_v.view(1, M, 1, -1)  # (1, M, N_v, D)
-        cls = bb.cls_token.view(1, 1, 1, -1).expand(B, M, 1, -1)
-        return bb.norm_pre(torch.cat([cls, patches], dim=2) + pos)
-
-    def _embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        bb = self.backbone
-        B, K, T, F_ = audio.shape
-        weight = audio_patch_weight(bb, self.config.audio_patch_reduction)
-        patches = F.conv2d(audio.reshape(B * K, 1, T, F_), weight, bb.patch_embed.proj.bias,
-                           stride=bb.patch_embed.patch_size)
-        patches = bb.patch_embed.norm(patches.flatten(2).transpose(1, 2)).view(B, K, -1, self.embed_dim)
-        pos = audio_pos_embed(bb.pos_embed, bb.patch_embed.grid_size, self.audio_grid).view(1, 1, -1, self.embed_dim)
-        pos = pos + self.temporal_embed_a.view(1, K, 1, -1)
-        cls = bb.cls_token.view(1, 1, 1, -1).expand(B, K, 1, -1)
-        return bb.norm_pre(torch.cat([cls, patches], dim=2) + pos)
 
     # ---------------------------------------------------------------- stages
     def _segment(self, part: str, fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
@@ -149,16 +136,15 @@ class FastSTGCMA(STGCMABase):
     def _temporal_mhsa_core(self, i: int, qkv_w: torch.Tensor, qkv_b: torch.Tensor | None,
                             x: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """LN1 -> qkv -> attention over the M frames of every token; (B, M, N, D) before the output projection."""
-        blk = self.backbone.blocks[i]
-        qkv = F.linear(self._norm(blk.norm1, x), qkv_w, qkv_b)  # (B, M, N, 3D)
-        return self.ops("temporal_attention", qkv, blk.attn.num_heads, blk.attn.scale)  # reads qkv in place
+        p = self.arch.block_parts(i)
+        qkv = F.linear(self._norm(p.norm1, x), qkv_w, qkv_b)  # (B, M, N, 3D)
+        return self.ops("temporal_attention", qkv, p.num_heads, p.scale)  # reads qkv in place
 
     def _temporal(self, i: int, w: FrozenWeights, ad: TAdapter, x: torch.Tensor) -> torch.Tensor:
         """x + DropPath(Ad_T(MHSA over frames)) on x (B, M, N, D); attention reads the qkv layout in place."""
-        blk = self.backbone.blocks[i]
         B, M, N, D = x.shape
         o = self._segment("attention", self._temporal_mhsa_core, i, *w.qkv, x)  # (B, M, N, D)
-        o = blk.ls1(F.linear(o, *w.proj))
+        o = self.arch.block_parts(i).ls1(F.linear(o, *w.proj))
         row_scale = None
         rate = self.drop_path_rates[i]
         if self.training and rate > 0.0:  # drop path per (clip, token) sequence, as on the (B * N, M, D) view
@@ -169,15 +155,16 @@ class FastSTGCMA(STGCMABase):
 
     def _spatial_mhsa_core(self, i: int, qkv_w: torch.Tensor, qkv_b: torch.Tensor | None,
                            x: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """LN1 -> qkv -> attention over the N tokens of every frame; (B * M, N, D) before the output projection."""
-        blk = self.backbone.blocks[i]
+        """LN1 -> qkv -> attention over the N tokens of every frame (the GlobalAttention layout); (B * M, N, D)
+        before the output projection."""
+        p = self.arch.block_parts(i)
         B, M, N, D = x.shape
-        qkv = F.linear(self._norm(blk.norm1, x), qkv_w, qkv_b).view(B * M, N, 3 * D)
-        return self.ops("spatial_attention", qkv, blk.attn.num_heads, blk.attn.scale)
+        qkv = F.linear(self._norm(p.norm1, x), qkv_w, qkv_b).view(B * M, N, 3 * D)
+        return self.ops("spatial_attention", qkv, p.num_heads, p.scale)
 
     def _spatial_mhsa(self, i: int, w: FrozenWeights, x: torch.Tensor) -> torch.Tensor:
         o = self._segment("attention", self._spatial_mhsa_core, i, *w.qkv, x)  # (B*M, N, D)
-        return self.backbone.blocks[i].ls1(F.linear(o, *w.proj)).view_as(x)
+        return self.arch.block_parts(i).ls1(F.linear(o, *w.proj)).view_as(x)
 
     def _norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A block's frozen LayerNorm on the residual stream x through the dispatcher, its output in the dtype the
@@ -195,14 +182,14 @@ class FastSTGCMA(STGCMABase):
 
     def _ffn_hidden(self, i: int, fc1_w: torch.Tensor, fc1_b: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         """LN2 -> fc1 -> activation: the FFN's 4D-wide hidden, as fc2 reads it."""
-        blk = self.backbone.blocks[i]
-        h = self._act(F.linear(self._norm(blk.norm2, x), fc1_w, fc1_b))  # lean: keeps only the fc1 output
-        return blk.mlp.norm(blk.mlp.drop1(h))
+        p = self.arch.block_parts(i)
+        h = self._act(F.linear(self._norm(p.norm2, x), fc1_w, fc1_b))  # lean: keeps only the fc1 output
+        return p.mlp.norm(p.mlp.drop1(h))
 
     def _ffn(self, i: int, w: FrozenWeights, x: torch.Tensor) -> torch.Tensor:
-        blk = self.backbone.blocks[i]
+        p = self.arch.block_parts(i)
         h = self._segment("ffn", self._ffn_hidden, i, *w.fc1, x)  # fc2's weight is frozen: it keeps no input
-        return blk.ls2(blk.mlp.drop2(F.linear(h, *w.fc2)))
+        return p.ls2(p.mlp.drop2(F.linear(h, *w.fc2)))
 
     def _cross_modal(self, ad: BlockAdapters, stage: str, av: AVAdapter | None, u_v: torch.Tensor | None,
                      u_a: torch.Tensor | None, x_v: torch.Tensor | None, x_a: torch.Tensor | None):
@@ -225,9 +212,10 @@ class FastSTGCMA(STGCMABase):
         return (out, None) if x_v is not None else (None, out)
 
     def _block(self, i: int, x_v: torch.Tensor | None, x_a: torch.Tensor | None):
+        """The block recipe on block i (global index) of any stage."""
         ad: BlockAdapters = self.adapters[i]
         stages = self.config.stages
-        w = frozen_weights(self.backbone.blocks[i], (x_v if x_v is not None else x_a).device.type)
+        w = frozen_weights(self.arch.block_parts(i), (x_v if x_v is not None else x_a).device.type)
         if "temporal" in stages:
             x_v = self._temporal(i, w, ad.temporal_v, x_v) if x_v is not None else None
             x_a = self._temporal(i, w, ad.temporal_a, x_a) if x_a is not None else None
@@ -241,18 +229,22 @@ class FastSTGCMA(STGCMABase):
     def forward(self, video: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> STGCMAOutput:
         """video (B, M, 3, H, W), audio (B, K, T, F) with K = M (None for a disabled branch)."""
         self.check_inputs(video, audio)
-        x_v = self._embed_video(video) if video is not None else None
-        x_a = self._embed_audio(audio) if audio is not None else None
-        for i in range(self.depth):
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x_v, x_a = checkpoint(self._block, i, x_v, x_a, use_reentrant=False)
-            else:
-                x_v, x_a = self._block(i, x_v, x_a)
-        norm = self.backbone.norm
-        x_v = norm(x_v) if x_v is not None else None
-        x_a = norm(x_a) if x_a is not None else None
-        v_cls = x_v[:, :, 0] if x_v is not None else None
-        a_cls = x_a[:, :, 0] if x_a is not None else None
+        arch, reduction = self.arch, self.config.audio_patch_reduction
+        x_v = arch.embed_video(video, self.temporal_embed_v) if video is not None else None
+        x_a = arch.embed_audio(audio, self.temporal_embed_a, reduction) if audio is not None else None
+        for stage in arch.stages:
+            if stage.downsample:
+                x_v = arch.downsample(stage, x_v) if x_v is not None else None
+                x_a = arch.downsample(stage, x_a) if x_a is not None else None
+            for i in stage.blocks:
+                if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                    x_v, x_a = checkpoint(self._block, i, x_v, x_a, use_reentrant=False)
+                else:
+                    x_v, x_a = self._block(i, x_v, x_a)
+        x_v = arch.final_norm(x_v) if x_v is not None else None
+        x_a = arch.final_norm(x_a) if x_a is not None else None
+        v_cls = arch.pool(x_v) if x_v is not None else None
+        a_cls = arch.pool(x_a) if x_a is not None else None
         logits = self.head(v_cls, a_cls) if self.head is not None else None
         return STGCMAOutput(video_cls=v_cls, audio_cls=a_cls, video_tokens=x_v, audio_tokens=x_a, logits=logits)
 

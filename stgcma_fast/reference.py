@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.layers import drop_path
-from timm.models.vision_transformer import Attention, Block
+from timm.models.vision_transformer import Attention
 
-from .backbone import audio_patch_weight, audio_pos_embed
+from .backbones import BlockParts
+from .backbones.vit import audio_patch_weight, audio_pos_embed
 from .core import STGCMABase, STGCMAOutput
 from .modules import AVAdapter, BlockAdapters, TAdapter
 
@@ -52,7 +53,11 @@ def av_adapter(av: AVAdapter, alpha: torch.Tensor | None, beta: torch.Tensor | N
 
 
 class ReferenceSTGCMA(STGCMABase):
-    """STG-CMA in plain PyTorch. Same constructor, parameter names and outputs as ``FastSTGCMA``."""
+    """STG-CMA in plain PyTorch. Same constructor, parameter names and outputs as ``FastSTGCMA``.
+
+    The frozen parts of each block come from the backbone seam (``self.arch.block_parts(i)``); the embeddings and
+    every equation are written out here.
+    """
 
     def embed_video(self, video: torch.Tensor) -> torch.Tensor:
         """(B, M, 3, H, W) -> (B, M, N_v, D): patches, class token, position, temporal embedding, pre-norm."""
@@ -76,33 +81,33 @@ class ReferenceSTGCMA(STGCMABase):
         x = x.reshape(B, K, -1, self.embed_dim) + self.temporal_embed_a[None, :, None, :]
         return bb.norm_pre(x)
 
-    def temporal(self, blk: Block, ad: TAdapter, x: torch.Tensor, drop_rate: float) -> torch.Tensor:
+    def temporal(self, p: BlockParts, ad: TAdapter, x: torch.Tensor, drop_rate: float) -> torch.Tensor:
         """x + DropPath(Ad_T(MHSA(LN1(x)))) with attention across time: x viewed as (B * N, M, D)."""
         B, M, N, D = x.shape
         xt = x.transpose(1, 2).reshape(B * N, M, D)
-        delta = adapter(ad, blk.ls1(mhsa(blk.attn, blk.norm1(xt))))
+        delta = adapter(ad, p.ls1(mhsa(p.attn, p.norm1(xt))))
         xt = xt + drop_path(delta, drop_rate, self.training)
         return xt.reshape(B, N, M, D).transpose(1, 2)
 
     def block(self, i: int, x_v: torch.Tensor | None, x_a: torch.Tensor | None):
-        blk: Block = self.backbone.blocks[i]
+        p: BlockParts = self.arch.block_parts(i)  # LN1, MHSA, LN2, FFN: frozen, shared by both modalities
         ad: BlockAdapters = self.adapters[i]
         stages = self.config.stages
         # 1. temporal adaptation, each modality separately
         if "temporal" in stages:
             if x_v is not None:
-                x_v = self.temporal(blk, ad.temporal_v, x_v, self.drop_path_rates[i])
+                x_v = self.temporal(p, ad.temporal_v, x_v, self.drop_path_rates[i])
             if x_a is not None:
-                x_a = self.temporal(blk, ad.temporal_a, x_a, self.drop_path_rates[i])
+                x_a = self.temporal(p, ad.temporal_a, x_a, self.drop_path_rates[i])
         # 2. cross-modal spatial adaptation: s = MHSA(LN1(x)) within each frame; x = x + s + AVA_S(s_v, s_a)
-        s_v = blk.ls1(mhsa(blk.attn, blk.norm1(x_v))) if x_v is not None else None
-        s_a = blk.ls1(mhsa(blk.attn, blk.norm1(x_a))) if x_a is not None else None
+        s_v = p.ls1(mhsa(p.attn, p.norm1(x_v))) if x_v is not None else None
+        s_a = p.ls1(mhsa(p.attn, p.norm1(x_a))) if x_a is not None else None
         d_v, d_a = av_adapter(ad.spatial, *ad.gates("spatial"), s_v, s_a) if "spatial" in stages else (None, None)
         x_v = _add(x_v, s_v, d_v)
         x_a = _add(x_a, s_a, d_a)
         # 3. cross-modal global adaptation: f = FFN(LN2(x)); x = x + f + AVA_G(f_v, f_a)
-        f_v = blk.ls2(blk.mlp(blk.norm2(x_v))) if x_v is not None else None
-        f_a = blk.ls2(blk.mlp(blk.norm2(x_a))) if x_a is not None else None
+        f_v = p.ls2(p.mlp(p.norm2(x_v))) if x_v is not None else None
+        f_a = p.ls2(p.mlp(p.norm2(x_a))) if x_a is not None else None
         d_v, d_a = av_adapter(ad.global_, *ad.gates("global"), f_v, f_a) if "global" in stages else (None, None)
         return _add(x_v, f_v, d_v), _add(x_a, f_a, d_a)
 
@@ -111,12 +116,16 @@ class ReferenceSTGCMA(STGCMABase):
         self.check_inputs(video, audio)
         x_v = self.embed_video(video) if video is not None else None
         x_a = self.embed_audio(audio) if audio is not None else None
-        for i in range(self.depth):
-            x_v, x_a = self.block(i, x_v, x_a)
-        x_v = self.backbone.norm(x_v) if x_v is not None else None
-        x_a = self.backbone.norm(x_a) if x_a is not None else None
-        v_cls = x_v[:, :, 0] if x_v is not None else None
-        a_cls = x_a[:, :, 0] if x_a is not None else None
+        for stage in self.arch.stages:
+            if stage.downsample:  # the frozen downsampling between stages (none in a ViT)
+                x_v = self.arch.downsample(stage, x_v) if x_v is not None else None
+                x_a = self.arch.downsample(stage, x_a) if x_a is not None else None
+            for i in stage.blocks:
+                x_v, x_a = self.block(i, x_v, x_a)
+        x_v = self.arch.final_norm(x_v) if x_v is not None else None
+        x_a = self.arch.final_norm(x_a) if x_a is not None else None
+        v_cls = self.arch.pool(x_v) if x_v is not None else None  # ViT: the class token of every frame
+        a_cls = self.arch.pool(x_a) if x_a is not None else None
         logits = self.head(v_cls, a_cls) if self.head is not None else None
         return STGCMAOutput(video_cls=v_cls, audio_cls=a_cls, video_tokens=x_v, audio_tokens=x_a, logits=logits)
 

@@ -64,9 +64,9 @@ def _record_temporal_calls(model: torch.nn.Module) -> list[tuple[int, str, torch
         name = "_temporal"  # (i, frozen weights, T-Adapter, x)
         where = lambda args: (args[0], args[2], args[3])  # noqa: E731
     else:
-        name = "temporal"  # (frozen block, T-Adapter, x, drop rate)
-        blocks = list(model.backbone.blocks)
-        where = lambda args: (blocks.index(args[0]), args[1], args[2])  # noqa: E731
+        name = "temporal"  # (frozen block parts, T-Adapter, x, drop rate)
+        parts = [model.arch.block_parts(i) for i in range(model.depth)]
+        where = lambda args: (next(i for i, p in enumerate(parts) if p is args[0]), args[1], args[2])  # noqa: E731
     orig = getattr(model, name)
 
     def wrapper(*args):
