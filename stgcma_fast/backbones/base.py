@@ -34,6 +34,7 @@ class Stage:
         heads: the attention heads of its blocks.
         bottleneck: r_s, the width of its adapters' bottleneck.
         grid: (H_s, W_s), the token grid of one video frame in this stage.
+        audio_grid: the token grid of one audio segment in this stage (rows = time).
         downsample: whether a frozen downsampling runs before its first block.
     """
 
@@ -43,6 +44,7 @@ class Stage:
     heads: int
     bottleneck: int
     grid: tuple[int, int]
+    audio_grid: tuple[int, int]
     downsample: bool = False
 
 
@@ -154,8 +156,9 @@ class Backbone(abc.ABC):
         """(B, M, N, C) after the final norm -> (B, M, C) pooled per frame."""
 
     @abc.abstractmethod
-    def stage_map(self, stage: Stage, x: torch.Tensor) -> torch.Tensor:
-        """(B, M, N, C_s) tokens of ``stage`` -> (B, M, C_s, H_s, W_s) video map."""
+    def stage_map(self, stage: Stage, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, M, N, C_s) tokens of ``stage`` -> (B, M, C_s, H_s, W_s) map on ``grid`` (default: the video grid;
+        ``stage.audio_grid`` for audio)."""
 
     def drop_path_rates(self, rate: float) -> list[float]:
         """Drop-path rate of the temporal branch per block: linear from 0 at the first block to ``rate``."""

@@ -1,4 +1,5 @@
-"""The frozen timm ViT backbone: building it, loading weights, and the audio embedding derived from it."""
+"""The frozen timm ViT backbone: building it, loading weights, the audio embedding derived from it, and
+:class:`ViTBackbone`, its side of the backbone seam (one stage, class-token pooling)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Attention, Block, VisionTransformer, checkpoint_filter_fn
 
 from ..config import STGCMAConfig
+from .base import Backbone, BlockParts, GlobalAttention, Stage
 
 
 def create_backbone(
@@ -139,3 +141,87 @@ def freeze_backbone(model: VisionTransformer) -> None:
         p.requires_grad_(False)
     for p in model.norm.parameters():
         p.requires_grad_(True)
+
+
+class ViTBackbone(Backbone):
+    """A timm VisionTransformer (CLIP-style: class token, absolute positions, optional pre-norm) behind the seam.
+
+    One stage of ``depth`` blocks, no downsampling; every block attends over all tokens of a frame; the frozen
+    embeddings add a trainable temporal embedding per modality (before the pre-norm); the pooled feature is the
+    class token after the final norm (the one part of the backbone STG-CMA trains). Token layout (B, M, N, D) with
+    the class token first.
+    """
+
+    family = "vit"
+    has_temporal_embedding = True
+
+    def __init__(self, module: VisionTransformer, config: STGCMAConfig) -> None:
+        check_supported(module, config.backbone)
+        self.module = module
+        D = module.embed_dim
+        pe = module.patch_embed
+        self.img_size = tuple(pe.img_size)
+        self.audio_grid = audio_grid(module, config.audio_size)
+        self.num_video_tokens = 1 + pe.num_patches
+        self.num_audio_tokens = 1 + self.audio_grid[0] * self.audio_grid[1]
+        blocks = module.blocks
+        self.stages = (Stage(index=0, blocks=range(len(blocks)), width=D, heads=blocks[0].attn.num_heads,
+                             bottleneck=config.bottleneck_width(D), grid=tuple(pe.grid_size),
+                             audio_grid=self.audio_grid),)  # fmt: skip
+        self._parts = tuple(BlockParts(norm1=b.norm1, attn=b.attn, ls1=b.ls1, norm2=b.norm2, mlp=b.mlp, ls2=b.ls2,
+                                       layout=GlobalAttention()) for b in blocks)  # fmt: skip
+
+    @property
+    def patch_weight(self) -> torch.Tensor:
+        return self.module.patch_embed.proj.weight
+
+    def block(self, i: int) -> Block:
+        return self.module.blocks[i]
+
+    def block_parts(self, i: int) -> BlockParts:
+        return self._parts[i]
+
+    def freeze(self) -> None:
+        freeze_backbone(self.module)
+
+    def embed_video(self, video: torch.Tensor, temporal_embed: torch.Tensor | None) -> torch.Tensor:
+        """(B, M, 3, H, W) -> (B, M, N_v, D): patches, class token, position (+ temporal embedding e_m), pre-norm."""
+        bb = self.module
+        B, M = video.shape[:2]
+        D = bb.embed_dim
+        patches = bb.patch_embed(video.reshape(B * M, *video.shape[2:])).view(B, M, -1, D)
+        pos = bb.pos_embed.view(1, 1, -1, D)
+        if temporal_embed is not None:
+            pos = pos + temporal_embed.view(1, M, 1, -1)  # (1, M, N_v, D)
+        cls = bb.cls_token.view(1, 1, 1, -1).expand(B, M, 1, -1)
+        return bb.norm_pre(torch.cat([cls, patches], dim=2) + pos)
+
+    def embed_audio(self, audio: torch.Tensor, temporal_embed: torch.Tensor | None, reduction: str) -> torch.Tensor:
+        """(B, K, T, F) -> (B, K, N_a, D): the spectrogram as a 1-channel image (rows = time) through the RGB-reduced
+        patch kernel, class token, the visual positions fitted to the audio grid (+ e_k), pre-norm."""
+        bb = self.module
+        B, K, T, F_ = audio.shape
+        D = bb.embed_dim
+        weight = audio_patch_weight(bb, reduction)
+        patches = F.conv2d(audio.reshape(B * K, 1, T, F_), weight, bb.patch_embed.proj.bias,
+                           stride=bb.patch_embed.patch_size)
+        patches = bb.patch_embed.norm(patches.flatten(2).transpose(1, 2)).view(B, K, -1, D)
+        pos = audio_pos_embed(bb.pos_embed, bb.patch_embed.grid_size, self.audio_grid).view(1, 1, -1, D)
+        if temporal_embed is not None:
+            pos = pos + temporal_embed.view(1, K, 1, -1)
+        cls = bb.cls_token.view(1, 1, 1, -1).expand(B, K, 1, -1)
+        return bb.norm_pre(torch.cat([cls, patches], dim=2) + pos)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.norm(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """The class token of every frame: (B, M, N, D) -> (B, M, D)."""
+        return x[:, :, 0]
+
+    def stage_map(self, stage: Stage, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """The patch tokens (class token dropped) as a map: (B, M, N, D) -> (B, M, D, H, W), ``grid`` (H, W)
+        defaulting to the video grid (pass ``stage.audio_grid`` for audio)."""
+        H, W = stage.grid if grid is None else grid
+        B, M, _, D = x.shape
+        return x[:, :, 1:].transpose(-1, -2).reshape(B, M, D, H, W)
