@@ -150,3 +150,37 @@ def test_warmer_tasks_are_checked():
     res = subprocess.run([sys.executable, "scripts/warm_triton_cache.py", "kernels-b16:gelu"], cwd=REPO,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 2 and "kernels-b16:gelu" in res.stderr
+
+
+def test_a_phase_records_tests_and_benchmarks_after_each_step(tmp_path):
+    """Session.run_phase end to end on CPU, with a passing and a failing test step and a benchmark step: counts and
+    failures in summary.json, the benchmarks merged into the results file and rendered, the phase failed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    session = gpu_check.Session(out, budget=900, jobs=1, env=env, work=tmp_path)
+    session.results = out / "cpu_results.json"
+    plugins = tmp_path / "plugins"  # the second step fails: a plugin that fails every test it runs
+    plugins.mkdir()
+    (plugins / "failing_plugin.py").write_text("def pytest_runtest_call(item):\n    raise AssertionError('planted')\n")
+    failing = gpu_check.Step("tests", ("-p", "failing_plugin", "tests/test_config.py", "-k", "explicit_widths"),
+                             (("PYTHONPATH", f"{plugins}:{REPO}"),))  # fmt: skip
+    phase = gpu_check.Phase("trial", (
+        gpu_check.Step("tests", ("tests/test_config.py", "-k", "presets_give or explicit_widths")),
+        failing,
+        gpu_check.Step("bench", ("bench/test_fbank.py", "-k", "vit-batched")),
+    ), estimate=60, minimum=10)  # fmt: skip
+    session.run_phase([phase], 0)
+    summary = json.loads((out / "summary.json").read_text())
+    record = summary["phases"][0]
+    passing, failing, bench = record["steps"]
+    assert passing["status"] == "passed" and passing["passed"] >= 2 and passing["failed"] == 0
+    assert failing["status"] == "failed" and failing["failed"] == 1
+    assert failing["failed_tests"][0].startswith("tests/test_config.py::test_explicit_widths_and_ratios: ")
+    assert "planted" in failing["failed_tests"][0]
+    assert bench["status"] == "passed" and bench["benchmarks"] == 1
+    assert record["status"] == "failed" and session.failed
+    merged = json.loads(session.results.read_text())
+    assert [b["extra_info"]["provider"] for b in merged["benchmarks"]] == ["batched"]
+    assert "audio_front_end" in (out / "bench_table.md").read_text()
+    assert "## " in (out / "tests.log").read_text() and (out / "bench.log").exists()
