@@ -12,7 +12,8 @@ still run, on uninitialised kernel outputs: their values are meaningless and unu
 Tasks (default: all, in this order), each in its own process, ``--jobs`` at a time:
 
   model-b16-train:OP   FastSTGCMA clip-b16-base training step, batch 8 x 10 frames, bf16 autocast, only OP on its
-                       Triton kernel (one block deep: every block launches the same variants)
+                       Triton kernel (two blocks deep: the first block has no drop path, the others do, and
+                       otherwise every block launches the same variants)
   kernels-b16:OP       bench/test_kernels.py's vit-b16 rows of OP's Triton kernel, fwd and fwd+bwd
   model-b16-infer:OP   the clip-b16-base inference step (the forward's variants that keep nothing for backward)
 
@@ -61,7 +62,7 @@ def _model_step(op: str, train: bool) -> None:
 
     from stgcma_fast import FastSTGCMA, STGCMAConfig
 
-    cfg = STGCMAConfig.preset("clip-b16-base", backbone_kwargs={"depth": 1})
+    cfg = STGCMAConfig.preset("clip-b16-base", backbone_kwargs={"depth": 2})  # drop path 0 in block 0, > 0 after
     model = FastSTGCMA(cfg, backends={op: "triton"}).cuda().train(train)
     batch = 8  # bench/test_model.py's clip-b16-base batch: the sizes the JIT specialises on (G = 80 frames)
     video = torch.randn(batch, cfg.num_frames, 3, *model.img_size, device="cuda")
