@@ -195,17 +195,27 @@ def run_step(cmd: list[str], env: dict[str, str], limit: float, log: Path) -> tu
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc = proc.wait(timeout=max(limit, 1))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGINT)
+        except subprocess.TimeoutExpired:  # stopped at its limit: SIGINT, then SIGKILL
+            rc = None
+            _signal_group(proc, signal.SIGINT)
             try:
                 proc.wait(timeout=GRACE)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait()
-            rc = None
+        except BaseException:  # the run itself interrupted (SIGINT, SIGTERM): take the step down with it
+            _signal_group(proc, signal.SIGKILL)
+            raise
         seconds = time.monotonic() - start
         fh.write(f"## {'stopped at its limit' if rc is None else f'exit code {rc}'} after {seconds:.0f}s\n")
     return rc, seconds
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # it has just ended, with its group
+        pass
 
 
 def junit_counts(path: Path) -> dict:
@@ -397,7 +407,7 @@ def start_warmer(env: dict[str, str], out: Path, jobs: int) -> subprocess.Popen 
 
 def stop(proc: subprocess.Popen | None) -> None:
     if proc is not None and proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _signal_group(proc, signal.SIGKILL)
         proc.wait()
 
 
@@ -458,8 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     ns.out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("TRITON_INTERPRET", None)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a SIGTERM ends the run like Ctrl-C: cleanly
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
         session = Session(ns.out, ns.budget, ns.jobs, env, Path(work))
+        session.summary["status"] = "running"  # what a run killed from outside leaves in summary.json
         try:
             def installed() -> None:  # the warmer needs the package; it starts as soon as that is installed
                 if ns.warm_jobs:
@@ -476,9 +488,13 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)  # fmt: skip
                 session.run_phase(ns.selected, i)
                 print(f"#   {session.summary['phases'][-1]['status']}", flush=True)
+        except KeyboardInterrupt:
+            session.summary["status"] = "interrupted"
+            raise
         finally:
             stop(session.warmer)
-            session.summary.setdefault("status", "failed" if session.failed else "passed")
+            if session.summary["status"] == "running":
+                session.summary["status"] = "failed" if session.failed else "passed"
             session.save()
     print(json.dumps({p["name"]: p["status"] for p in session.summary["phases"]}, indent=1))
     return 1 if session.failed else 0
