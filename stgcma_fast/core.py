@@ -1,7 +1,8 @@
 """What the reference and the fast model share: construction, parameter names, input checks, the output type.
 
 No forward computation lives here: :class:`stgcma_fast.reference.ReferenceSTGCMA` and
-:class:`stgcma_fast.model.FastSTGCMA` each implement their own.
+:class:`stgcma_fast.model.FastSTGCMA` each implement their own (``collect_output`` only assembles the output from
+their final tokens: pooling, stage maps as views, the head).
 
 Non-finite values: both models propagate NaN and Inf like every torch module: inputs are checked for shape, dtype
 and device, never for finiteness, and nothing is masked. A NaN or Inf anywhere in one clip's video or audio reaches
@@ -30,7 +31,11 @@ class STGCMAOutput:
 
     video_cls (B, M, D), audio_cls (B, K, D): class tokens after the final norm.
     video_tokens (B, M, N_v, D), audio_tokens (B, K, N_a, D): all tokens after the final norm (class token first).
-    logits: the attached head's output, if the model has a head.
+    logits: the attached head's output, if the model has a head (it reads the pooled features).
+    video_pooled (B, M, C), audio_pooled (B, K, C): the pooled feature per frame / segment, C =
+        ``model.num_features`` (ViT: the class token, the same tensors as video_cls / audio_cls).
+    video_stages, audio_stages: one map per backbone stage, (B, M, C_s, H_s, W_s), the last after the final norm
+        (ViT: one entry, the patch tokens without the class token on the patch grid; views of the tokens).
     """
 
     video_cls: torch.Tensor | None
@@ -38,6 +43,10 @@ class STGCMAOutput:
     video_tokens: torch.Tensor | None
     audio_tokens: torch.Tensor | None
     logits: torch.Tensor | None = None
+    video_pooled: torch.Tensor | None = None
+    audio_pooled: torch.Tensor | None = None
+    video_stages: list[torch.Tensor] | None = None
+    audio_stages: list[torch.Tensor] | None = None
 
 
 @dataclass
@@ -87,7 +96,8 @@ class STGCMABase(nn.Module):
         config: the model configuration.
         pretrained: load backbone weights through timm (hub cache or download).
         checkpoint_path: load backbone weights from a local timm or OpenAI CLIP state dict instead.
-        head: optional task head called as ``head(video_cls, audio_cls)``; its output is ``STGCMAOutput.logits``.
+        head: optional task head called as ``head(video_pooled, audio_pooled)`` (the pooled features, width
+            ``num_features``); its output is ``STGCMAOutput.logits``.
     """
 
     def __init__(self, config: STGCMAConfig, pretrained: bool = False, checkpoint_path: str | Path | None = None,
@@ -100,6 +110,7 @@ class STGCMABase(nn.Module):
         first = self.arch.stages[0]
         D = self.arch.embed_dim
         self.embed_dim = D  # the width of the embeddings (ViT: every block's)
+        self.num_features = self.arch.num_features  # the width of the pooled features (what a head reads)
         self.depth = self.arch.depth
         self.num_heads = first.heads
         self.bottleneck = first.bottleneck
@@ -123,6 +134,21 @@ class STGCMABase(nn.Module):
     def num_audio_tokens(self) -> int:
         """First-stage tokens per audio segment."""
         return self.arch.num_audio_tokens
+
+    def collect_output(self, x_v: torch.Tensor | None, x_a: torch.Tensor | None,
+                       stages_v: list[torch.Tensor], stages_a: list[torch.Tensor]) -> STGCMAOutput:
+        """The output from the final-normed tokens x_v (B, M, N_v, C), x_a (B, K, N_a, C) (None for a disabled
+        branch) and each stage's last tokens (the last stage's after the final norm); runs the head."""
+        arch = self.arch
+        pooled_v = arch.pool(x_v) if x_v is not None else None
+        pooled_a = arch.pool(x_a) if x_a is not None else None
+        maps_v = [arch.stage_map(s, t) for s, t in zip(arch.stages, stages_v)] if x_v is not None else None
+        maps_a = [arch.stage_map(s, t, s.audio_grid) for s, t in zip(arch.stages, stages_a)] if x_a is not None \
+            else None  # fmt: skip
+        cls_v, cls_a = (pooled_v, pooled_a) if arch.family == "vit" else (None, None)
+        logits = self.head(pooled_v, pooled_a) if self.head is not None else None
+        return STGCMAOutput(video_cls=cls_v, audio_cls=cls_a, video_tokens=x_v, audio_tokens=x_a, logits=logits,
+                            video_pooled=pooled_v, audio_pooled=pooled_a, video_stages=maps_v, audio_stages=maps_a)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should see (adapters, gates, temporal embeddings, final norm, head)."""

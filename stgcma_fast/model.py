@@ -232,6 +232,7 @@ class FastSTGCMA(STGCMABase):
         arch, reduction = self.arch, self.config.audio_patch_reduction
         x_v = arch.embed_video(video, self.temporal_embed_v) if video is not None else None
         x_a = arch.embed_audio(audio, self.temporal_embed_a, reduction) if audio is not None else None
+        stages_v, stages_a = [], []  # each stage's last tokens, before the next stage's downsampling
         for stage in arch.stages:
             if stage.downsample:
                 x_v = arch.downsample(stage, x_v) if x_v is not None else None
@@ -241,12 +242,12 @@ class FastSTGCMA(STGCMABase):
                     x_v, x_a = checkpoint(self._block, i, x_v, x_a, use_reentrant=False)
                 else:
                     x_v, x_a = self._block(i, x_v, x_a)
+            stages_v.append(x_v)
+            stages_a.append(x_a)
         x_v = arch.final_norm(x_v) if x_v is not None else None
         x_a = arch.final_norm(x_a) if x_a is not None else None
-        v_cls = arch.pool(x_v) if x_v is not None else None
-        a_cls = arch.pool(x_a) if x_a is not None else None
-        logits = self.head(v_cls, a_cls) if self.head is not None else None
-        return STGCMAOutput(video_cls=v_cls, audio_cls=a_cls, video_tokens=x_v, audio_tokens=x_a, logits=logits)
+        stages_v[-1], stages_a[-1] = x_v, x_a
+        return self.collect_output(x_v, x_a, stages_v, stages_a)
 
 
 def build_model(config: STGCMAConfig | str, **kwargs) -> FastSTGCMA:

@@ -74,14 +74,17 @@ class BlockAdapters(nn.Module):
 
 
 class AVEHead(nn.Module):
-    """AVE event-localisation head: ``concat(cls_a, cls_v)`` per second -> Linear(2D, 512) -> Dropout -> Linear(512, C).
+    """AVE event-localisation head: ``concat(pooled_a, pooled_v)`` per second -> Linear(2C, 512) -> Dropout ->
+    Linear(512, num_classes).
 
-    With a single branch the input is that branch's class token alone (``in_features = D``).
-    Input (B, M, D) class tokens; output (B, M, num_classes) logits.
+    Reads the pooled features (``STGCMAOutput.video_pooled`` / ``audio_pooled``: the class token of a ViT), of width
+    C = ``model.num_features``. With a single branch the input is that branch's feature alone (``in_features = C``).
+    Input (B, M, C) per modality; output (B, M, num_classes) logits.
     """
 
     def __init__(self, embed_dim: int, num_classes: int = 29, hidden: int = 512, dropout: float = 0.5,
                  branches: str = "audio-visual") -> None:
+        """``embed_dim``: C, the pooled width (``model.num_features``)."""
         super().__init__()
         self.branches = branches
         in_features = 2 * embed_dim if branches == "audio-visual" else embed_dim
@@ -89,8 +92,8 @@ class AVEHead(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, num_classes)
 
-    def forward(self, video_cls: torch.Tensor | None, audio_cls: torch.Tensor | None) -> torch.Tensor:
-        feats = [t for t in (audio_cls, video_cls) if t is not None]
+    def forward(self, video_pooled: torch.Tensor | None, audio_pooled: torch.Tensor | None) -> torch.Tensor:
+        feats = [t for t in (audio_pooled, video_pooled) if t is not None]
         x = torch.cat(feats, dim=-1)
         if x.shape[-1] != self.fc1.in_features:
             raise ValueError(f"AVEHead expected {self.fc1.in_features} input features ({self.branches}), "

@@ -116,18 +116,20 @@ class ReferenceSTGCMA(STGCMABase):
         self.check_inputs(video, audio)
         x_v = self.embed_video(video) if video is not None else None
         x_a = self.embed_audio(audio) if audio is not None else None
+        stages_v, stages_a = [], []  # each stage's last tokens (dense tasks read them as maps)
         for stage in self.arch.stages:
             if stage.downsample:  # the frozen downsampling between stages (none in a ViT)
                 x_v = self.arch.downsample(stage, x_v) if x_v is not None else None
                 x_a = self.arch.downsample(stage, x_a) if x_a is not None else None
             for i in stage.blocks:
                 x_v, x_a = self.block(i, x_v, x_a)
+            stages_v.append(x_v)
+            stages_a.append(x_a)
         x_v = self.arch.final_norm(x_v) if x_v is not None else None
         x_a = self.arch.final_norm(x_a) if x_a is not None else None
-        v_cls = self.arch.pool(x_v) if x_v is not None else None  # ViT: the class token of every frame
-        a_cls = self.arch.pool(x_a) if x_a is not None else None
-        logits = self.head(v_cls, a_cls) if self.head is not None else None
-        return STGCMAOutput(video_cls=v_cls, audio_cls=a_cls, video_tokens=x_v, audio_tokens=x_a, logits=logits)
+        stages_v[-1], stages_a[-1] = x_v, x_a  # the last stage's map after the final norm
+        # pooled per frame (ViT: the class token), stage maps, head
+        return self.collect_output(x_v, x_a, stages_v, stages_a)
 
 
 def _add(x: torch.Tensor | None, u: torch.Tensor | None, d: torch.Tensor | None) -> torch.Tensor | None:

@@ -12,7 +12,7 @@ from stgcma_fast import FastSTGCMA, ReferenceSTGCMA
 from stgcma_fast.backbone import audio_pos_embed
 from stgcma_fast.testing import assert_close
 
-from .helpers import inputs, tiny_config
+from .helpers import inputs, randomize_, tiny_config
 
 IMPLS = {"reference": ReferenceSTGCMA, "fast": FastSTGCMA}
 ATOL, RTOL = 1e-5, 1e-5
@@ -94,3 +94,49 @@ def test_audio_reduction_sum_is_three_times_mean(impl):
         # the summed kernel is 3x the mean kernel: feeding audio / 3 through "sum" equals "mean" on audio
         mean_expected = _frozen_audio_forward(model.backbone, audio[:, 0] / 3, model.audio_grid, reduction="sum")
         assert_close(_frozen_audio_forward(model.backbone, audio[:, 0], model.audio_grid), mean_expected, ATOL, RTOL)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("branches", ["audio-visual", "video", "audio"])
+def test_pooled_features_and_stage_maps_of_a_vit(impl, branches):
+    """ViT: the pooled feature is the class token, and the one stage map holds patch token (h, w) of the grid at
+    [..., :, h, w] (rows = time for audio); both are what the tokens say, for every branch setting."""
+    cfg = tiny_config(branches=branches)
+    model = randomize_(IMPLS[impl](cfg), frozen_too=False).double().eval()
+    assert model.num_features == model.embed_dim == 64
+    video, audio = inputs(cfg, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(video, audio)
+    B, M = 2, cfg.num_frames
+    for name, grid in (("video", (4, 4)), ("audio", (2, 3))):
+        tokens, cls = getattr(out, f"{name}_tokens"), getattr(out, f"{name}_cls")
+        pooled, stages = getattr(out, f"{name}_pooled"), getattr(out, f"{name}_stages")
+        if tokens is None:
+            assert pooled is None and stages is None and cls is None, name
+            continue
+        assert pooled.shape == (B, M, model.num_features), name
+        assert torch.equal(pooled, cls) and torch.equal(pooled, tokens[:, :, 0]), name
+        assert isinstance(stages, list) and len(stages) == 1, name
+        H, W = grid
+        assert stages[0].shape == (B, M, model.embed_dim, H, W), name
+        for h in range(H):
+            for w in range(W):
+                assert torch.equal(stages[0][:, :, :, h, w], tokens[:, :, 1 + h * W + w]), f"{name} ({h}, {w})"
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_head_reads_the_pooled_features(impl):
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def forward(self, video_pooled, audio_pooled):
+            seen["args"] = (video_pooled, audio_pooled)
+            return video_pooled.sum(-1, keepdim=True) - audio_pooled.sum(-1, keepdim=True)
+
+    cfg = tiny_config()
+    model = randomize_(IMPLS[impl](cfg, head=Recorder()), frozen_too=False).eval()
+    video, audio = inputs(cfg)
+    with torch.no_grad():
+        out = model(video, audio)
+    assert seen["args"][0] is out.video_pooled and seen["args"][1] is out.audio_pooled
+    assert out.logits.shape == (2, cfg.num_frames, 1)
