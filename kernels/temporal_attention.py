@@ -176,8 +176,9 @@ def _pruner(step: str):
 def _autotune(step: str) -> dict:
     launches = dict.fromkeys(launch for classes in _GPU_LAUNCH.values() for steps in classes.values()
                              for launch in steps[step])  # fmt: skip
-    return dict(configs=[_config(launch) for launch in launches], key=["M", "N", "BLOCK_M", "BLOCK_HD"],
-                prune_configs_by={"early_config_prune": _pruner(step)}, do_bench=quick_bench)  # fmt: skip
+    reset = {"reset_to_zero": ["DBIAS_PART"]} if step == "bwd" else {}
+    return dict(configs=[_config(launch) for launch in launches], key=["M", "N", "BLOCK_M", "BLOCK_HD", "HAS_BIAS"],
+                prune_configs_by={"early_config_prune": _pruner(step)}, do_bench=quick_bench, **reset)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -192,12 +193,19 @@ def _tile(n_block, M, N, BLOCK_M: tl.constexpr, ROWS: tl.constexpr):
     return tok, frame, n, (n < N) & (frame < M)
 
 
+@triton.jit
+def _bias_tile(BIAS, h, frame, keep, M):
+    """bias[h, frame of the query row, frame of the key column] on the kept entries, 0 elsewhere: (ROWS, ROWS)."""
+    return tl.load(BIAS + h * M * M + frame[:, None] * M + frame[None, :], mask=keep, other=0.0)
+
+
 @triton.autotune(**_autotune("fwd"))
 @triton.jit
 def _temporal_attention_fwd_kernel(
     QKV,  # (B, M, N, 3 * H * hd), strides (stride_b, stride_m, stride_n, 1); q | k | v of head h at h*hd, (H+h)*hd, ..
     OUT,  # (B, M, N, H * hd) contiguous output, dtype of QKV
     LSE,  # (B, H, N, M) contiguous ACC dtype: natural-log log-sum-exp of each query row's scaled scores
+    BIAS,  # (H, M, M) contiguous additive score bias (frame i vs frame j), read only if HAS_BIAS
     M,
     N,
     H,
@@ -208,6 +216,7 @@ def _temporal_attention_fwd_kernel(
     qk_scale,  # softmax scale * log2(e)
     ACC: tl.constexpr,  # tl.float32 (tl.float64 for fp64 inputs under the interpreter)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 operands (no TF32), the default "tf32" (unused) for 16-bit ones
+    HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_HD: tl.constexpr,
     ROWS: tl.constexpr,
@@ -226,7 +235,10 @@ def _temporal_attention_fwd_kernel(
 
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION).to(ACC)  # (ROWS, ROWS), block-diagonal part is used
     keep = (tok[:, None] == tok[None, :]) & (frame < M)[None, :]  # every row keeps >= 1 key (M >= 1): no NaN
-    s = tl.where(keep, s * qk_scale, float("-inf"))
+    s = s * qk_scale
+    if HAS_BIAS:
+        s += _bias_tile(BIAS, h, frame, keep & (frame < M)[:, None], M).to(ACC) * _LOG2E
+    s = tl.where(keep, s, float("-inf"))
     s_max = tl.max(s, axis=1)
     p = tl.exp2(s - s_max[:, None])
     denom = tl.sum(p, axis=1)
@@ -245,6 +257,8 @@ def _temporal_attention_bwd_kernel(
     DOUT,  # (B, M, N, H * hd), strides (stride_ob, stride_om, stride_on, 1): upstream gradient
     LSE,  # (B, H, N, M) contiguous ACC dtype, saved by the forward
     DQKV,  # (B, M, N, 3 * H * hd) contiguous output: dq | dk | dv laid out like qkv
+    BIAS,  # (H, M, M) contiguous additive score bias, read only if HAS_BIAS
+    DBIAS_PART,  # (B, token blocks, H, BLOCK_M, BLOCK_M) zeroed ACC dtype: this program's sum of dS over its tokens
     M,
     N,
     H,
@@ -259,6 +273,7 @@ def _temporal_attention_bwd_kernel(
     qk_scale,  # sm_scale * log2(e)
     ACC: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_HD: tl.constexpr,
     ROWS: tl.constexpr,
@@ -282,11 +297,22 @@ def _temporal_attention_bwd_kernel(
 
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION).to(ACC)
     keep = (tok[:, None] == tok[None, :]) & (frame < M)[None, :] & row_ok[:, None]
-    p = tl.exp2(tl.where(keep, s * qk_scale - (lse * _LOG2E)[:, None], float("-inf")))  # (ROWS, ROWS) softmax
+    s = s * qk_scale
+    if HAS_BIAS:
+        s += _bias_tile(BIAS, h, frame, keep, M).to(ACC) * _LOG2E
+    p = tl.exp2(tl.where(keep, s - (lse * _LOG2E)[:, None], float("-inf")))  # (ROWS, ROWS) softmax
     dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION).to(ACC)
     delta = tl.sum(o.to(ACC) * do.to(ACC), axis=1)
-    ds = (p * (dp - delta[:, None])).to(q.dtype)  # dL/dscores (without sm_scale)
+    ds_acc = p * (dp - delta[:, None])  # dL/dscores (without sm_scale) = dL/dbias; 0 off the kept blocks
+    if HAS_BIAS:  # sum the block diagonal's (BLOCK_M, BLOCK_M) blocks over this program's tokens
+        TOKENS: tl.constexpr = ROWS // BLOCK_M
+        part = tl.sum(tl.reshape(ds_acc, (ROWS, TOKENS, BLOCK_M)), axis=1)  # (ROWS, BLOCK_M): over key tokens
+        part = tl.sum(tl.reshape(part, (TOKENS, BLOCK_M, BLOCK_M)), axis=0)  # (BLOCK_M, BLOCK_M): over query tokens
+        fi = tl.arange(0, BLOCK_M)
+        base = ((b * tl.num_programs(0) + n_block) * H + h) * BLOCK_M * BLOCK_M
+        tl.store(DBIAS_PART + base + fi[:, None] * BLOCK_M + fi[None, :], part)
+    ds = ds_acc.to(q.dtype)
     dq = tl.dot(ds, k, input_precision=DOT_PRECISION).to(ACC) * sm_scale
     dk = tl.dot(tl.trans(ds), q, input_precision=DOT_PRECISION).to(ACC) * sm_scale
 
@@ -319,9 +345,10 @@ def temporal_attention_forward(
     qkv: torch.Tensor,  # (B, M, N, 3 * H * hd)
     num_heads: int,
     scale: float,
+    bias: torch.Tensor | None = None,  # (H, M, M) additive score bias, or None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns the attention output (B, M, N, H * hd) in qkv's dtype and the row log-sum-exp (B, H, N, M) fp32."""
-    reason = supports(qkv, num_heads, scale)
+    reason = supports(qkv, num_heads, scale, bias)
     if reason is not None:
         raise ValueError(f"temporal_attention Triton kernel: {reason}")
     B, M, N, C3 = qkv.shape
@@ -334,9 +361,11 @@ def temporal_attention_forward(
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
     blocks = _blocks(M, hd)
+    bias_arg = lse if bias is None else bias.contiguous()  # a dummy pointer when there is no bias (never read)
     _temporal_attention_fwd_kernel[_grid(B, N, H, blocks["BLOCK_M"])](
-        qkv, out, lse, M, N, H, hd, qkv.stride(0), qkv.stride(1), qkv.stride(2), float(scale) * _LOG2E.value,
-        ACC=acc_tl, DOT_PRECISION=ieee_dot_precision(qkv.dtype), **blocks,
+        qkv, out, lse, bias_arg, M, N, H, hd, qkv.stride(0), qkv.stride(1), qkv.stride(2),
+        float(scale) * _LOG2E.value, ACC=acc_tl, DOT_PRECISION=ieee_dot_precision(qkv.dtype),
+        HAS_BIAS=bias is not None, **blocks,
     )
     return out, lse
 
@@ -348,8 +377,11 @@ def temporal_attention_backward(
     lse: torch.Tensor,  # (B, H, N, M) saved by temporal_attention_forward
     num_heads: int,
     scale: float,
-) -> torch.Tensor:
-    """Gradient of the loss with respect to qkv, (B, M, N, 3 * H * hd) in qkv's dtype."""
+    bias: torch.Tensor | None = None,  # (H, M, M) the forward's additive score bias, or None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the loss with respect to qkv, (B, M, N, 3 * H * hd) in qkv's dtype; with a ``bias``, the pair
+    (dqkv, dbias): dbias (H, M, M) in bias's dtype is the sum over (batch, token) of dL/dscores, accumulated in fp32
+    (fp64 for fp64) from one partial sum per program."""
     B, M, N, C3 = qkv.shape
     H = num_heads
     hd = C3 // (3 * H)
@@ -362,20 +394,36 @@ def temporal_attention_backward(
     acc_torch, acc_tl = acc_dtypes(qkv.dtype)
     if lse.dtype != acc_torch:
         raise ValueError(f"temporal_attention backward: expected lse of dtype {acc_torch}, got {lse.dtype}")
+    if bias is not None and (tuple(bias.shape) != (H, M, M) or bias.device != qkv.device):
+        raise ValueError(f"temporal_attention backward: expected bias of shape {(H, M, M)} on {qkv.device}, got "
+                         f"{tuple(bias.shape)} on {bias.device}")
     dqkv = torch.empty((B, M, N, C3), dtype=qkv.dtype, device=qkv.device)
     if dqkv.numel() == 0:
-        return dqkv
+        return dqkv if bias is None else (dqkv, torch.zeros_like(bias))
     qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
     grad_out = grad_out.to(qkv.dtype)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     out, lse = out.contiguous(), lse.contiguous()
     blocks = _blocks(M, hd)
-    _temporal_attention_bwd_kernel[_grid(B, N, H, blocks["BLOCK_M"])](
-        qkv, out, grad_out, lse, dqkv, M, N, H, hd,
+    block_m = blocks["BLOCK_M"]
+    if bias is None:
+        bias_arg = dbias_part = lse  # dummy pointers (never read or written)
+    else:
+        bias_arg = bias.contiguous()
+        # One (BLOCK_M, BLOCK_M) partial sum per program, for the launch with the most programs (the fewest rows)
+        # the autotuner may run; zeroed, so the rows a launch with fewer programs leaves add nothing.
+        fewest_tokens = min(c.rows for c in launch_candidates("bwd", M, N, hd, ieee_dot_precision(qkv.dtype)))
+        blocks_n = triton.cdiv(N, max(1, fewest_tokens // block_m))
+        dbias_part = torch.zeros((B * blocks_n, H, block_m, block_m), dtype=acc_torch, device=qkv.device)
+    _temporal_attention_bwd_kernel[_grid(B, N, H, block_m)](
+        qkv, out, grad_out, lse, dqkv, bias_arg, dbias_part, M, N, H, hd,
         qkv.stride(0), qkv.stride(1), qkv.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
-        float(scale), float(scale) * _LOG2E.value, ACC=acc_tl, DOT_PRECISION=ieee_dot_precision(qkv.dtype), **blocks,
+        float(scale), float(scale) * _LOG2E.value, ACC=acc_tl, DOT_PRECISION=ieee_dot_precision(qkv.dtype),
+        HAS_BIAS=bias is not None, **blocks,
     )
-    return dqkv
+    if bias is None:
+        return dqkv
+    return dqkv, dbias_part.sum(0)[:, :M, :M].to(bias.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -384,16 +432,19 @@ class TemporalAttentionFunction(torch.autograd.Function):
     """Eager autograd wrapper around the launchers (the custom op below is the torch.compile-friendly path)."""
 
     @staticmethod
-    def forward(ctx, qkv, num_heads, scale):
-        out, lse = temporal_attention_forward(qkv, num_heads, scale)
-        ctx.save_for_backward(qkv, out, lse)
+    def forward(ctx, qkv, num_heads, scale, bias=None):
+        out, lse = temporal_attention_forward(qkv, num_heads, scale, bias)
+        ctx.save_for_backward(qkv, out, lse, bias)
         ctx.num_heads, ctx.scale = num_heads, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        qkv, out, lse = ctx.saved_tensors
-        return temporal_attention_backward(grad_out, qkv, out, lse, ctx.num_heads, ctx.scale), None, None
+        qkv, out, lse, bias = ctx.saved_tensors
+        if bias is None:
+            return temporal_attention_backward(grad_out, qkv, out, lse, ctx.num_heads, ctx.scale), None, None, None
+        dqkv, dbias = temporal_attention_backward(grad_out, qkv, out, lse, ctx.num_heads, ctx.scale, bias)
+        return dqkv, None, None, (dbias if ctx.needs_input_grad[3] else None)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -439,6 +490,63 @@ def _backward(ctx, grad_out, _grad_lse):
 _temporal_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# The bias variant: its own pair of ops, so that the no-bias ops (and their schemas) stay as they were.
+@torch.library.custom_op("stgcma_fast::temporal_attention_bias", mutates_args=())
+def _temporal_attention_bias_op(qkv: torch.Tensor, bias: torch.Tensor, num_heads: int,
+                                scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    return temporal_attention_forward(qkv, num_heads, scale, bias)
+
+
+@_temporal_attention_bias_op.register_fake
+def _(qkv, bias, num_heads, scale):
+    problem = _shape_problem(qkv, num_heads, bias)
+    if problem is not None:
+        raise ValueError(f"temporal_attention Triton kernel: {problem}")
+    B, M, N, C3 = qkv.shape
+    return qkv.new_empty((B, M, N, C3 // 3)), qkv.new_empty((B, num_heads, N, M), dtype=acc_dtypes(qkv.dtype)[0])
+
+
+@torch.library.custom_op("stgcma_fast::temporal_attention_bias_backward", mutates_args=())
+def _temporal_attention_bias_backward_op(
+    grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, bias: torch.Tensor,
+    num_heads: int, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return temporal_attention_backward(grad_out, qkv, out, lse, num_heads, scale, bias)
+
+
+@_temporal_attention_bias_backward_op.register_fake
+def _(grad_out, qkv, out, lse, bias, num_heads, scale):
+    return torch.empty_like(qkv, memory_format=torch.contiguous_format), torch.empty_like(bias)
+
+
+def _setup_context_bias(ctx, inputs, output):
+    qkv, bias, num_heads, scale = inputs
+    ctx.save_for_backward(qkv, *output, bias)
+    ctx.num_heads, ctx.scale = num_heads, scale
+
+
+def _backward_bias(ctx, grad_out, _grad_lse):
+    qkv, out, lse, bias = ctx.saved_tensors
+    dqkv, dbias = torch.ops.stgcma_fast.temporal_attention_bias_backward(grad_out, qkv, out, lse, bias,
+                                                                         ctx.num_heads, ctx.scale)  # fmt: skip
+    return dqkv, dbias, None, None
+
+
+_temporal_attention_bias_op.register_autograd(_backward_bias, setup_context=_setup_context_bias)
+
+
+@register_flop_formula(torch.ops.stgcma_fast.temporal_attention_bias)
+def _(qkv, *args, out_shape=None, **kwargs) -> int:
+    B, M, N, C3 = qkv
+    return temporal_attention_flops(B, M, N, C3 // 3)
+
+
+@register_flop_formula(torch.ops.stgcma_fast.temporal_attention_bias_backward)
+def _(grad_out, qkv, *args, out_shape=None, **kwargs) -> int:
+    B, M, N, C3 = qkv
+    return temporal_attention_flops(B, M, N, C3 // 3, backward=True)
+
+
 @register_flop_formula(torch.ops.stgcma_fast.temporal_attention)
 def _(qkv, *args, out_shape=None, **kwargs) -> int:
     B, M, N, C3 = qkv
@@ -455,14 +563,19 @@ def temporal_attention(
     qkv: torch.Tensor,  # (B, M, N, 3 * H * hd) output of the frozen qkv projection, viewable as (B, M, N, 3, H, hd)
     num_heads: int,
     scale: float,
+    bias: torch.Tensor | None = None,  # (H, M, M) additive score bias (frame i vs frame j), or None
 ) -> torch.Tensor:
     """Self-attention across the M frames, independently for every (batch, token, head).
 
     Same contract as :func:`stgcma_fast.ops.torch_ops.temporal_attention`. Returns (B, M, N, H * hd).
     """
     if eager_autograd():
-        return TemporalAttentionFunction.apply(qkv, num_heads, float(scale))
-    return torch.ops.stgcma_fast.temporal_attention(qkv, num_heads, float(scale))[0]
+        if bias is None:
+            return TemporalAttentionFunction.apply(qkv, num_heads, float(scale))
+        return TemporalAttentionFunction.apply(qkv, num_heads, float(scale), bias)
+    if bias is None:
+        return torch.ops.stgcma_fast.temporal_attention(qkv, num_heads, float(scale))[0]
+    return torch.ops.stgcma_fast.temporal_attention_bias(qkv, bias, num_heads, float(scale))[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -486,7 +599,7 @@ def tolerance(dtype: torch.dtype, device: torch.device | str) -> tuple[float, fl
     return TOLERANCES[dtype]
 
 
-def _shape_problem(qkv: torch.Tensor, num_heads: int) -> str | None:
+def _shape_problem(qkv: torch.Tensor, num_heads: int, bias: torch.Tensor | None = None) -> str | None:
     if qkv.dim() != 4:
         return f"expected qkv of shape (B, M, N, 3 * H * hd), got {tuple(qkv.shape)}"
     if num_heads < 1:
@@ -499,12 +612,20 @@ def _shape_problem(qkv: torch.Tensor, num_heads: int) -> str | None:
         return f"M={M} > {MAX_FRAMES} frames (the kernel keeps all frames of a sequence in one block)"
     if hd > MAX_HEAD_DIM:
         return f"head dim {hd} > {MAX_HEAD_DIM}"
+    if bias is not None:
+        if tuple(bias.shape) != (num_heads, M, M):
+            return f"expected bias of shape (H, M, M) = {(num_heads, M, M)}, got {tuple(bias.shape)}"
+        if bias.device != qkv.device:
+            return f"expected bias on {qkv.device} (the device of qkv), got {bias.device}"
+        allowed = (qkv.dtype,) if qkv.dtype == torch.float64 else (qkv.dtype, torch.float32)
+        if bias.dtype not in allowed:
+            return f"expected bias of dtype {' or '.join(str(d) for d in dict.fromkeys(allowed))}, got {bias.dtype}"
     return None
 
 
-def supports(qkv: torch.Tensor, num_heads: int, scale: float) -> str | None:
+def supports(qkv: torch.Tensor, num_heads: int, scale: float, bias: torch.Tensor | None = None) -> str | None:
     """None if the Triton kernel accepts these inputs, else a human-readable reason (same arguments as the op)."""
-    problem = _shape_problem(qkv, num_heads)
+    problem = _shape_problem(qkv, num_heads, bias)
     if problem is not None:
         return problem
     if not math.isfinite(float(scale)):

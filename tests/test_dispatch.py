@@ -93,3 +93,25 @@ def test_selftest_validated_gpu_backend_is_chosen_on_cuda(monkeypatch, tmp_path)
     assert Dispatcher(validated=frozenset({"checked_kernel"})).select("t_adapter", on_cuda).name == "checked_kernel"
     assert Dispatcher(validated=frozenset({"other_kernel"})).select("t_adapter", on_cuda).name == "torch"
     assert Dispatcher().validated == frozenset()  # no CUDA here: nothing recorded for a current device
+
+
+def test_kernel_module_without_the_flag_counts_as_not_validated(monkeypatch, tmp_path):
+    """No ``GPU_VALIDATED`` at all is "not validated": a new kernel module must opt in, never in by default."""
+    backend = _fake_backend(monkeypatch, tmp_path, "flagless_kernel", "")
+    on_cuda = torch.empty(2, 4, device="meta")
+    monkeypatch.setattr(dispatch, "_device_type", lambda args: "cuda")
+    assert "not yet validated on a GPU" in backend.refusal(on_cuda)
+    assert backend.refusal(on_cuda, forced=True) is None
+    assert Dispatcher().select("t_adapter", on_cuda).name == "torch"
+    assert Dispatcher(validated=frozenset({"flagless_kernel"})).select("t_adapter", on_cuda).name == "flagless_kernel"
+
+
+def test_every_registered_backend_module_states_its_flag():
+    """Each backend module says GPU_VALIDATED explicitly (the library backends True, the kernels False until a GPU
+    run), so the default of a missing flag never decides."""
+    for backends in dispatch.REGISTRY.values():
+        for backend in backends:
+            mod = dispatch._import(backend.module)
+            if isinstance(mod, str):  # xformers or triton missing here
+                continue
+            assert isinstance(getattr(mod, "GPU_VALIDATED", None), bool), backend.module

@@ -20,16 +20,24 @@ class _FakeXops:
 
     def __init__(self) -> None:
         self.calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+        self.biases: list[torch.Tensor] = []
 
     def memory_efficient_attention(self, query, key, value, attn_bias=None, p=0.0, scale=None):
-        assert attn_bias is None and p == 0.0
+        assert p == 0.0
         assert query.stride(-1) == key.stride(-1) == value.stride(-1) == 1, "xformers needs unit last strides"
         self.calls.append((tuple(query.shape), tuple(query.stride())))
+        if attn_bias is not None:  # a tensor [B, H, Mq, Mk], rows 16-byte aligned, in q's dtype
+            B, Mq, H = query.shape[:3]
+            assert tuple(attn_bias.shape) == (B, H, Mq, key.shape[1]), attn_bias.shape
+            assert attn_bias.stride(-1) == 1 and attn_bias.stride(-2) % 8 == 0, attn_bias.stride()
+            assert attn_bias.dtype == query.dtype
+            self.biases.append(attn_bias)
         five = query.dim() == 5
         if five:  # BMGHK: the groups are more heads
             B, M, G, H, K = query.shape
             query, key, value = (t.reshape(B, t.shape[1], G * H, K) for t in (query, key, value))
-        out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (query, key, value)), scale=scale)
+        out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (query, key, value)), attn_mask=attn_bias,
+                                             scale=scale)
         out = out.transpose(1, 2)
         return out.reshape(*out.shape[:2], G, H, K) if five else out
 
@@ -80,3 +88,47 @@ def test_supports_refuses_cpu_and_a_missing_install(monkeypatch):
     assert "device cpu" in xformers_ops.supports(torch.zeros(1, 2, 3, 3 * 16), 1, 1.0)
     monkeypatch.setattr(xformers_ops, "HAVE_XFORMERS", False)
     assert "not installed" in xformers_ops.supports(torch.zeros(1, 2, 3, 3 * 16), 1, 1.0)
+
+
+@pytest.mark.parametrize("M", [10, 16, 3])
+def test_temporal_attention_bias_is_an_aligned_attn_bias_with_its_gradient(fake_xops, M):
+    """The (H, M, M) bias goes in as one (B, N * H, M, M) attn_bias (rows padded to 8 elements, xformers'
+    alignment) and gets the same gradient as through the torch contract."""
+    B, N, H, hd = 2, 5, 4, 8
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(B, M, N, 3 * H * hd, dtype=torch.float64, generator=g)
+    bias = torch.randn(H, M, M, dtype=torch.float64, generator=g)
+    leaves = qkv.clone().requires_grad_(), bias.clone().requires_grad_()
+    out = xformers_ops.temporal_attention(*leaves[:1], H, hd**-0.5, leaves[1])
+    refs = qkv.clone().requires_grad_(), bias.clone().requires_grad_()
+    ref = torch_ops.temporal_attention(refs[0], H, hd**-0.5, refs[1])
+    assert_close(out.detach(), ref.detach(), 1e-12, 1e-12, name="out")
+    assert tuple(fake_xops.biases[0].shape) == (B, N * H, M, M)
+    up = torch.randn_like(out)
+    for name, a, b in zip(("dqkv", "dbias"), torch.autograd.grad(out, leaves, up), torch.autograd.grad(ref, refs, up)):
+        assert_close(a, b, 1e-12, 1e-12, name=name)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_attention_matches_torch(fake_xops, shifted):
+    """Swin window attention: relative-position bias (H, N, N) plus the shift mask (nW, N, N) of window g % nW."""
+    nW, B, N, H, hd = 4, 2, 49, 3, 8
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(B * nW, N, 3 * H * hd, dtype=torch.float64, generator=g)
+    bias = torch.randn(H, N, N, dtype=torch.float64, generator=g)
+    mask = torch.where(torch.rand(nW, N, N, generator=g) < 0.3, -100.0, 0.0).double() if shifted else None
+    out = xformers_ops.spatial_attention(qkv, H, 0.3, bias, mask)
+    assert_close(out, torch_ops.spatial_attention(qkv, H, 0.3, bias, mask), 1e-12, 1e-12, name="out")
+    assert tuple(fake_xops.biases[0].shape) == (B * nW, H, N, N)
+
+
+def test_bias_and_mask_shapes_are_checked():
+    qkv = torch.zeros(1, 10, 3, 3 * 2 * 16)
+    problem = xformers_ops.bias_problem
+    assert problem(qkv, 2, torch.zeros(2, 10, 10), None) is None
+    bad = problem(qkv, 2, torch.zeros(2, 9, 9), None)
+    assert "expected bias of shape (H, L, L) = (2, 10, 10), got (2, 9, 9)" in bad
+    assert "takes no mask" in problem(qkv, 2, None, torch.zeros(1, 10, 10))
+    windows = torch.zeros(6, 49, 3 * 2 * 16)
+    assert problem(windows, 2, torch.zeros(2, 49, 49), torch.zeros(3, 49, 49)) is None
+    assert "nW dividing G = 6, got (4, 49, 49)" in problem(windows, 2, None, torch.zeros(4, 49, 49))

@@ -39,6 +39,11 @@ def _device_type(args: tuple) -> str:
     return "cpu"
 
 
+def gpu_validated(module: Any) -> bool:
+    """Whether ``module``'s ``GPU_VALIDATED`` flag is set; a module without the flag is not validated."""
+    return getattr(module, "GPU_VALIDATED", False) is True
+
+
 @dataclass(frozen=True)
 class Backend:
     """One implementation of an op: ``module`` provides a function named ``op`` and, optionally:
@@ -48,7 +53,8 @@ class Backend:
       only ``("cuda",)``: on CPU they run in the interpreter, which tests use by forcing the backend;
     - ``GPU_VALIDATED``: False until its parity tests have passed on a GPU; automatic selection then skips it on
       CUDA (forcing it still works) unless ``stgcma-fast selftest`` recorded it as validated on this machine's GPU
-      (:mod:`stgcma_fast.ops.selftest`; the dispatcher passes those modules as ``validated``).
+      (:mod:`stgcma_fast.ops.selftest`; the dispatcher passes those modules as ``validated``). A module without
+      the flag counts as NOT validated (:func:`gpu_validated`): the torch and xformers backends set it True.
     """
 
     name: str
@@ -71,7 +77,7 @@ class Backend:
             auto = getattr(mod, "AUTO_DEVICES", None)
             if auto is not None and device not in auto:
                 return f"not chosen automatically on {device} (only on {', '.join(auto)}); force it to use it"
-            if device == "cuda" and not getattr(mod, "GPU_VALIDATED", True) and self.module not in validated:
+            if device == "cuda" and not gpu_validated(mod) and self.module not in validated:
                 return ("not yet validated on a GPU (its GPU parity tests are pending): run `stgcma-fast selftest` "
                         "on this GPU, or force it to use it")
         supports = getattr(mod, "supports", None)

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from . import activations
 
+GPU_VALIDATED = True  # torch's own kernels, not this project's: chosen automatically on CUDA
+
 
 def t_adapter(
     x: torch.Tensor,  # (R, D) adapter input rows
@@ -83,10 +85,15 @@ def temporal_attention(
     qkv: torch.Tensor,  # (B, M, N, 3 * H * hd) output of the frozen qkv projection, viewable as (B, M, N, 3, H, hd)
     num_heads: int,
     scale: float,
+    bias: torch.Tensor | None = None,  # (H, M, M) additive score bias (frame i vs frame j), or None
 ) -> torch.Tensor:
-    """Self-attention across the M frames, independently for every (batch, token, head).
+    """Self-attention across the M frames, independently for every (batch, token, head)::
 
-    Returns (B, M, N, H * hd), the layout the output projection reads.
+        out[b, i, n, h] = sum_j softmax_j(scale * q[b, i, n, h] . k[b, j, n, h] + bias[h, i, j]) v[b, j, n, h]
+
+    ``bias`` (Swin's temporal relative-position bias, gathered from its table) is given to SDPA as its additive
+    ``attn_mask``, cast to q's dtype (a differentiable cast: bias gets its gradient, the sum of dL/dscores over
+    batch and tokens). Returns (B, M, N, H * hd), the layout the output projection reads.
     """
     B, M, N, C3 = qkv.shape
     H = num_heads
@@ -95,20 +102,63 @@ def temporal_attention(
     # 4-D (B * N, H, M, hd), which copies: SDPA's fused CUDA kernels (flash, memory-efficient, cuDNN) take 4-D
     # inputs only; a 5-D one would run the unfused math path.
     q, k, v = (t.reshape(B * N, H, M, hd) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B * N, H, M, hd)
+    mask = None if bias is None else bias.to(q.dtype)  # (H, M, M) broadcasts over the B * N sequences
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B * N, H, M, hd)
     return out.view(B, N, H, M, hd).permute(0, 3, 1, 2, 4).reshape(B, M, N, H * hd)
+
+
+def window_mask(
+    bias: torch.Tensor | None,  # (H, N, N) additive bias shared by every sequence, or None
+    mask: torch.Tensor | None,  # (nW, N, N) additive mask of window w = g % nW, or None
+    G: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """The additive attention mask of :func:`spatial_attention` in ``dtype``, broadcastable to (G, H, N, N): the bias
+    alone as (H, N, N) (a broadcast, no copy), or bias + mask per window as (G, H or 1, N, N), the layout of timm's
+    fused Swin attention (a copy per sequence; the windows of a batch are window-fastest, as timm's
+    ``window_partition`` orders them). None when both are None."""
+    if mask is None:
+        return None if bias is None else bias.to(dtype)
+    nW, N = mask.shape[0], mask.shape[-1]
+    full = mask.to(dtype).unsqueeze(1)  # (nW, 1, N, N)
+    if bias is not None:
+        full = full + bias.to(dtype)  # (nW, H, N, N)
+    return full.unsqueeze(0).expand(G // nW, *full.shape).reshape(G, full.shape[1], N, N)
+
+
+def window_problem(qkv: torch.Tensor, num_heads: int, bias: torch.Tensor | None,
+                   mask: torch.Tensor | None) -> str | None:  # fmt: skip
+    """Why ``bias`` / ``mask`` do not fit ``qkv`` (G, N, 3 * H * hd) in :func:`spatial_attention`, or None."""
+    G, N = qkv.shape[0], qkv.shape[1]
+    if bias is not None and tuple(bias.shape) != (num_heads, N, N):
+        return f"expected bias of shape (H, N, N) = {(num_heads, N, N)}, got {tuple(bias.shape)}"
+    if mask is not None:
+        if mask.dim() != 3 or tuple(mask.shape[1:]) != (N, N) or mask.shape[0] < 1 or G % mask.shape[0]:
+            return f"expected mask of shape (nW, {N}, {N}) with nW dividing G = {G}, got {tuple(mask.shape)}"
+    for name, t in (("bias", bias), ("mask", mask)):
+        if t is not None and t.device != qkv.device:
+            return f"expected {name} on {qkv.device} (the device of qkv), got {t.device}"
+    return None
 
 
 def spatial_attention(
     qkv: torch.Tensor,  # (G, N, 3 * H * hd)
     num_heads: int,
     scale: float,
+    bias: torch.Tensor | None = None,  # (H, N, N) additive score bias (Swin's relative-position bias), or None
+    mask: torch.Tensor | None = None,  # (nW, N, N) additive mask of sequence g's window g % nW (Swin's shift mask)
 ) -> torch.Tensor:
-    """Self-attention across the N tokens of each frame. Returns (G, N, H * hd)."""
+    """Self-attention across the N tokens of each frame, or (Swin window attention) of each window: G = B * nW
+    windows of N = 49 tokens, window-fastest; ``softmax(scale * q k^T + bias[h] + mask[g % nW]) v``, both given to
+    SDPA as its additive ``attn_mask`` (:func:`window_mask`). Returns (G, N, H * hd)."""
     G, N, C3 = qkv.shape
     hd = C3 // (3 * num_heads)
+    problem = window_problem(qkv, num_heads, bias, mask)
+    if problem is not None:
+        raise ValueError(f"spatial_attention: {problem}")
     q, k, v = qkv.view(G, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # each (G, H, N, hd)
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    attn_mask = window_mask(bias, mask, G, q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     return out.transpose(1, 2).reshape(G, N, num_heads * hd)
 
 
