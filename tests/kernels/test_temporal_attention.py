@@ -260,16 +260,20 @@ def test_backward_launcher_raises_on_mismatch():
 # ----------------------------------------------------------------------------------------------------------------------
 # Per test case (one process each): qkv's dtype, and (BLOCK_M, BLOCK_HD) -> whether every autotune candidate is compiled
 # (the model shapes: M = 10 frames, hd = 64 in ViT-B/16 and ViT-L/14) or only the default (the first one kept).
+# Swin: M = 10 frames of head dim 32 with the temporal relative-position bias (an fp32 table under autocast).
 SM90_CASES = {
-    "fp32": ("fp32", {(16, 64): True, (16, 128): False}),
-    "bf16": ("bf16", {(16, 64): True, (16, 128): True, (1, 16): False}),
+    "fp32": ("fp32", {(16, 64): True, (16, 128): False}, False),
+    "bf16": ("bf16", {(16, 64): True, (16, 128): True, (1, 16): False}, False),
+    "swin-bf16-bias": ("bf16", {(16, 32): True}, True),
+    "swin-fp32-bias": ("fp32", {(16, 32): True}, True),
 }
 
 
 # The shape each (BLOCK_M, BLOCK_HD) is compiled at (the JIT specialises multiples of 16): the ViT-B/16 temporal
 # attention of 8 clips x 10 frames for (16, 64), test_gpu_parity's shapes for the others.
 SM90_SHAPES = {(16, 64): dict(B=8, M=10, N=197, H=12, hd=64), (16, 128): dict(B=1, M=32, N=50, H=2, hd=128),
-               (1, 16): dict(B=3, M=1, N=7, H=2, hd=16)}  # fmt: skip
+               (1, 16): dict(B=3, M=1, N=7, H=2, hd=16),
+               (16, 32): dict(B=2, M=10, N=3136, H=4, hd=32)}  # Swin-B stage 1  # fmt: skip
 
 
 def _sm90_values(sig: dict[str, str], B: int, M: int, N: int, H: int, hd: int) -> dict[str, int | float]:
@@ -284,12 +288,13 @@ def _sm90_values(sig: dict[str, str], B: int, M: int, N: int, H: int, hd: int) -
 def _sm90_specs(case: str) -> list[KernelSpec]:
     """Both kernels as the launchers specialise them for the launch candidates of ``SM90_CASES[case]``
     (``temporal_attention._GPU_LAUNCH``, pruned as for N = 197 tokens)."""
-    dt, blocks = SM90_CASES[case]
+    dt, blocks, has_bias = SM90_CASES[case]
     prec = "ieee" if dt == "fp32" else "tf32"  # ieee_dot_precision(qkv's dtype)
     # strides fit in 32 bits at these shapes: the JIT passes them as i32 (it would pick i64 for larger values)
-    fwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "LSE": "*fp32", "M": "i32", "N": "i32", "H": "i32", "hd": "i32",
-           "stride_b": "i32", "stride_m": "i32", "stride_n": "i32", "qk_scale": "fp32"}  # fmt: skip
-    bwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "DOUT": f"*{dt}", "LSE": "*fp32", "DQKV": f"*{dt}", "M": "i32",
+    fwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "LSE": "*fp32", "BIAS": "*fp32", "M": "i32", "N": "i32", "H": "i32",
+           "hd": "i32", "stride_b": "i32", "stride_m": "i32", "stride_n": "i32", "qk_scale": "fp32"}  # fmt: skip
+    bwd = {"QKV": f"*{dt}", "OUT": f"*{dt}", "DOUT": f"*{dt}", "LSE": "*fp32", "DQKV": f"*{dt}", "BIAS": "*fp32",
+           "DBIAS_PART": "*fp32", "M": "i32",
            "N": "i32", "H": "i32", "hd": "i32", "stride_b": "i32", "stride_m": "i32", "stride_n": "i32",
            "stride_ob": "i32", "stride_om": "i32", "stride_on": "i32", "sm_scale": "fp32",
            "qk_scale": "fp32"}  # fmt: skip
@@ -299,9 +304,9 @@ def _sm90_specs(case: str) -> list[KernelSpec]:
                                ("bwd", kernel._temporal_attention_bwd_kernel, bwd)]:  # fmt: skip
             launches = kernel.launch_candidates(step, block_m, 197, block_hd, prec)
             for c in launches if every else launches[:1]:
-                consts = {"ACC": tl.float32, "DOT_PRECISION": prec, "BLOCK_M": block_m, "BLOCK_HD": block_hd,
-                          **kernel._config(c).kwargs}  # fmt: skip
-                label = f"{dt}, BLOCK_M={block_m}, BLOCK_HD={block_hd}, ROWS={c.rows}"
+                consts = {"ACC": tl.float32, "DOT_PRECISION": prec, "HAS_BIAS": has_bias, "BLOCK_M": block_m,
+                          "BLOCK_HD": block_hd, **kernel._config(c).kwargs}  # fmt: skip
+                label = f"{dt}, BLOCK_M={block_m}, BLOCK_HD={block_hd}, ROWS={c.rows}, bias={has_bias}"
                 specs.append(KernelSpec(jit, sig, consts, c.num_warps, c.num_stages, label=label,
                                         values=_sm90_values(sig, **SM90_SHAPES[(block_m, block_hd)])))
     return specs
@@ -352,3 +357,103 @@ def test_gpu_inductor_compile():
     torch._dynamo.reset()
     compiled = torch.compile(kernel.temporal_attention, fullgraph=True, backend="inductor")
     compare(make_qkv(2, 10, 197, 12, 64, torch.bfloat16, "cuda"), 12, 0.125, torch.bfloat16, fn=compiled)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Swin: the temporal relative-position bias (H, M, M), gathered from a (2M - 1, H) table, added to the scores.
+def explicit_biased(qkv: torch.Tensor, H: int, scale: float, bias: torch.Tensor) -> torch.Tensor:
+    """Plain fp64 math: softmax_j(scale * q_i . k_j + bias[h, i, j]) v_j per (batch, token, head)."""
+    B, M, N, C3 = qkv.shape
+    hd = C3 // (3 * H)
+    q, k, v = qkv.view(B, M, N, 3, H, hd).unbind(3)
+    s = torch.einsum("binhd,bjnhd->bnhij", q, k) * scale + bias
+    return torch.einsum("bnhij,bjnhd->binhd", s.softmax(-1), v).reshape(B, M, N, H * hd)
+
+
+def compare_biased(qkv: torch.Tensor, bias: torch.Tensor, H: int, dtype: torch.dtype, fn=kernel.temporal_attention,
+                   seed: int = 1) -> float:  # fmt: skip
+    """Output, dqkv and dbias of ``fn`` vs :func:`explicit_biased` in fp64 on the same values."""
+    B, M, N, C3 = qkv.shape
+    scale = (C3 // (3 * H)) ** -0.5
+    gen = torch.Generator().manual_seed(seed)
+    grad_out = torch.randn(B, M, N, C3 // 3, generator=gen, dtype=torch.float64).to(dtype)
+    leaves = qkv.detach().requires_grad_(), bias.detach().requires_grad_()
+    out = fn(leaves[0], H, scale, leaves[1])
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    refs = qkv.detach().double().requires_grad_(), bias.detach().double().requires_grad_()
+    ref = explicit_biased(refs[0], H, scale, refs[1])
+    ref_grads = torch.autograd.grad(ref, refs, grad_out.double())
+    assert out.dtype == qkv.dtype and grads[1].dtype == bias.dtype and grads[1].shape == bias.shape
+    return max(check(out, ref, dtype, "out"), check(grads[0], ref_grads[0], dtype, "dqkv"),
+               check(grads[1], ref_grads[1], dtype, "dbias"))  # fmt: skip
+
+
+def make_bias(H: int, M: int, dtype: torch.dtype, seed: int = 2) -> torch.Tensor:
+    """(H, M, M) bias[h, i, j] = table[i - j + M - 1, h] from a random (2M - 1, H) table (std 1: large enough to
+    change the softmax visibly; the model's table starts at std 0.02)."""
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randn(2 * M - 1, H, generator=gen, dtype=torch.float64)
+    idx = torch.arange(M)[:, None] - torch.arange(M)[None, :] + M - 1
+    return table[idx].permute(2, 0, 1).contiguous().to(dtype)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("H", [4, 8, 16, 32])
+def test_bias_forward_backward_at_swin_shapes(H, dtype, device):
+    """Swin-B heads 4 / 8 / 16 / 32 of head dim 32, M = 10 frames, a few tokens; the bias an fp32 master table."""
+    compare_biased(make_qkv(1, 10, 3, H, 32, dtype, device), make_bias(H, 10, torch.float32).to(device), H, dtype)
+
+
+@pytest.mark.parametrize("B, M, N, H, hd", [(2, 10, 5, 6, 32), (1, 3, 7, 2, 24), (1, 16, 2, 2, 16), (2, 1, 3, 2, 16)])
+def test_bias_odd_shapes_and_bias_in_the_input_dtype(B, M, N, H, hd, device):
+    """Frames below / at a power of two, Swin-L's 6 heads, a masked head dim, the bias in qkv's dtype (fp16)."""
+    compare_biased(make_qkv(B, M, N, H, hd, torch.float32, device), make_bias(H, M, torch.float32).to(device), H,
+                   torch.float32)  # fmt: skip
+    compare_biased(make_qkv(B, M, N, H, hd, torch.float16, device), make_bias(H, M, torch.float16).to(device), H,
+                   torch.float16)  # fmt: skip
+
+
+def test_bias_gradcheck_float64(device):
+    qkv = make_qkv(1, 5, 3, 2, 16, torch.float64, device, std=0.5).requires_grad_()
+    bias = make_bias(2, 5, torch.float64).to(device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda q, b: kernel.temporal_attention(q, 2, 0.25, b), (qkv, bias))
+
+
+def test_bias_custom_op_matches_autograd_function(device):
+    """The torch.library op (what torch.compile and dispatch modes see) gives the autograd Function's numbers."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    qkv, bias = make_qkv(1, 10, 5, 4, 32, torch.float32, device), make_bias(4, 10, torch.float32).to(device)
+    with FlopCounterMode(display=False) as counter:  # a dispatch mode: the public function takes the custom op
+        compare_biased(qkv, bias, 4, torch.float32)
+    flops = counter.get_flop_counts()["Global"]
+    assert flops[torch.ops.stgcma_fast.temporal_attention_bias] > 0
+    assert flops[torch.ops.stgcma_fast.temporal_attention_bias_backward] > 0
+
+
+def test_bias_every_gpu_launch_candidate_at_swin_shapes(device):
+    """Each GPU launch set of the Swin temporal step (M = 10, hd = 32) in the interpreter: the bias-gradient partial
+    sums are sized for the launch with the most programs and summed over all of them."""
+    qkv, bias = make_qkv(1, 10, 9, 4, 32, torch.float16, device), make_bias(4, 10, torch.float32).to(device)
+    for launches in kernel.gpu_launch_sets(torch.float16, M=10, hd=32):
+        with kernel.force_launch(**launches):
+            compare_biased(qkv, bias, 4, torch.float16)
+
+
+@pytest.mark.parametrize("bias, reason", [
+    (torch.zeros(4, 10, 9), r"expected bias of shape \(H, M, M\) = \(4, 10, 10\), got \(4, 10, 9\)"),
+    (torch.zeros(4, 10, 10, dtype=torch.float64), r"expected bias of dtype torch.float32, got torch.float64"),
+])  # fmt: skip
+def test_bias_that_does_not_fit_is_refused(bias, reason):
+    qkv = make_qkv(1, 10, 2, 4, 32, torch.float32, "cpu")
+    assert kernel.supports(qkv, 4, 0.1, bias) is not None
+    with pytest.raises(ValueError, match=reason):
+        kernel.temporal_attention_forward(qkv, 4, 0.1, bias)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("H, N", [(4, 3136), (8, 784), (16, 196), (32, 49), (48, 49)])
+def test_gpu_bias_parity_at_swin_shapes(H, N, dtype):
+    """Swin-B / Swin-L stages: 2 clips of 10 frames, head dim 32, the fp32 bias table of the training mix."""
+    compare_biased(make_qkv(2, 10, N, H, 32, dtype, "cuda"), make_bias(H, 10, torch.float32).cuda(), H, dtype)
