@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stgcma_fast.ops import torch_ops
 
@@ -113,3 +115,104 @@ def test_spatial_attention_rejects_a_mask_that_does_not_fit():
         torch_ops.spatial_attention(qkv, 2, 1.0, None, torch.zeros(4, 49, 49))
     with pytest.raises(ValueError, match=r"expected bias of shape \(H, N, N\) = \(2, 49, 49\), got \(3, 49, 49\)"):
         torch_ops.spatial_attention(qkv, 2, 1.0, torch.zeros(3, 49, 49))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The global AV-Adapter of a Swin stage 1 runs over N = 3,136 tokens per frame: the torch backend must never hold an
+# N x N score matrix (SDPA with a head axis: its fused kernels, tiled on CPU too, never write one).
+def _plain_av_adapter(u_v, u_a, x_v, x_a, wdv, bdv, wuv, buv, wda, bda, wua, bua, alpha, beta):
+    """The AV-Adapter as plain matmul + softmax (materialises both N_v x N_a score matrices)."""
+    h_v, h_a = F.gelu(F.linear(u_v, wdv, bdv)), F.gelu(F.linear(u_a, wda, bda))
+    hv = h_v + alpha * torch.softmax(h_v @ h_a.transpose(-1, -2), -1) @ h_a
+    ha = h_a + beta * torch.softmax(h_a @ h_v.transpose(-1, -2), -1) @ h_v
+    return x_v + u_v + F.linear(hv, wuv, buv), x_a + u_a + F.linear(ha, wua, bua)
+
+
+def _av_args(G: int, N_v: int, N_a: int, D: int, r: int, dtype=torch.float32, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def rn(*shape, std=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * std).to(dtype).requires_grad_()
+
+    w = lambda: [rn(r, D, std=D**-0.5), rn(r, std=0.1), rn(D, r, std=r**-0.5), rn(D, std=0.1)]  # noqa: E731
+    return [rn(G, N_v, D), rn(G, N_a, D), rn(G, N_v, D), rn(G, N_a, D), *w(), *w(), rn(()), rn(())]
+
+
+class _LargestOutput(TorchDispatchMode):
+    """Records the largest tensor any aten op returns (forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel, self.op = 0, ""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.numel() > self.numel:
+                self.numel, self.op = t.numel(), str(func)
+        return out
+
+
+@pytest.mark.parametrize("G, N_v, N_a, D, r", [(2, 17, 9, 24, 16), (1, 49, 49, 40, 24), (3, 5, 11, 16, 48)])
+def test_av_adapter_matches_the_plain_chain(G, N_v, N_a, D, r):
+    """Output and every gradient of the SDPA formulation equal the plain matmul + softmax chain (fp64)."""
+    args = _av_args(G, N_v, N_a, D, r, torch.float64)
+    out, ref = torch_ops.av_adapter(*args), _plain_av_adapter(*args)
+    up = [torch.randn_like(o) for o in out]
+    got = torch.autograd.grad(out, args, up)
+    want = torch.autograd.grad(ref, args, up)
+    for o, e in zip(out, ref):
+        torch.testing.assert_close(o, e, atol=1e-12, rtol=1e-12)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+
+
+@pytest.mark.parametrize("fn, holds_scores", [(torch_ops.av_adapter, False), (_plain_av_adapter, True)],
+                         ids=["torch-backend", "plain-chain"])  # fmt: skip
+def test_global_av_adapter_at_3136_tokens_never_holds_n_by_n(fn, holds_scores):
+    """One frame of the Swin-B stage-1 global AV-Adapter (N_v = N_a = 3,136, r = 32, C = 128), forward and backward:
+    no aten op returns a tensor of N * N / 4 elements or more (the plain chain, which does, shows the check bites)."""
+    N = 3136
+    args = _av_args(1, N, N, 128, 32)
+    with _LargestOutput() as seen:
+        out_v, out_a = fn(*args)
+        (out_v.sum() + out_a.square().sum()).backward()
+    assert (seen.numel >= N * N // 4) == holds_scores, (seen.numel, seen.op)
+    if not holds_scores:
+        assert seen.numel <= N * 128, (seen.numel, seen.op)  # nothing wider than an (N, C) activation
+
+
+_PEAK_SCRIPT = """
+import resource, sys, torch
+sys.path.insert(0, {tests!r})
+from test_torch_ops import _av_args, _plain_av_adapter
+from stgcma_fast.ops import torch_ops
+torch.set_num_threads(1)
+fn = torch_ops.av_adapter if sys.argv[1] == "torch" else _plain_av_adapter
+fn(*_av_args(1, 64, 64, 128, 32))  # warm up (allocator, kernels) before measuring
+args = _av_args(1, 3136, 3136, 128, 32)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out_v, out_a = fn(*args)
+(out_v.sum() + out_a.sum()).backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+
+
+def test_global_av_adapter_peak_memory_in_a_fresh_process():
+    """Peak resident memory of one frame's forward + backward at N = 3,136 in a fresh process (torch's CPU allocator
+    is invisible to tracemalloc; ru_maxrss sees everything): the torch backend stays below two fp32 N x N matrices
+    (39 MB each; it measures 0.5 to 0.7 of one: a few dozen (N, C) activations and gradients, and allocator
+    slack), the plain chain needs more than four (6.4: scores, probabilities and their gradients both ways)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = _PEAK_SCRIPT.format(tests=str(Path(__file__).parent))
+    peak = {}
+    for name in ("torch", "plain"):
+        run = subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        peak[name] = int(run.stdout.split()[-1])
+    n_by_n = 3136 * 3136 * 4
+    assert peak["torch"] < 2 * n_by_n, peak  # the scores and probabilities of one direction alone would be 2
+    assert peak["plain"] > 4 * n_by_n, peak
