@@ -29,6 +29,7 @@ from stgcma_fast.kernels import av_adapter as ava
 from stgcma_fast.ops import torch_ops
 from stgcma_fast.testing import assert_close
 
+from . import swin_shapes
 from .compile_check import KernelSpec, compile_in_subprocess
 
 NAMES = ("u_v", "u_a", "x_v", "x_a", "w_down_v", "b_down_v", "w_up_v", "b_up_v",
@@ -156,6 +157,23 @@ def test_matches_fp64_reference(dtype, tokens, r, G, D, device):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_d_not_multiple_of_block(dtype, device):
     compare((2, 33, 20, 80, 40), dtype, device)  # D = 80: the second 64-wide D chunk is masked; r = 40 in 64
+
+
+@pytest.mark.parametrize("C, r", swin_shapes.adapter_widths(), ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_swin_stage_widths_per_window(dtype, C, r, device):
+    """Every Swin preset's per-stage (C, r) (r = 16 ... 128, mostly not powers of two), on 7 x 7 windows: the
+    spatial AV-Adapter pairs 49 video with 49 audio tokens per window (G = 2 windows here)."""
+    compare((2, 49, 49, C, r), dtype, device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [(1, 196, 196, 512, 32), (1, 147, 98, 128, 16), (1, 33, 70, 1536, 96)],
+                         ids=lambda c: "N{}x{}-C{}-r{}".format(*c[1:]))  # fmt: skip
+def test_swin_global_adapter_over_the_stage_map(dtype, case, device):
+    """The global AV-Adapter over a whole stage map (stage 3: 14 x 14 = 196 tokens; odd counts too: the stage-1
+    map of 3,136 tokens is a GPU case)."""
+    compare(case, dtype, device)
 
 
 def _candidate_sets():

@@ -16,6 +16,7 @@ import torch
 from stgcma_fast.kernels import layer_norm as kernel
 from stgcma_fast.ops import torch_ops
 
+from . import swin_shapes
 from .compile_check import KernelSpec, compile_in_subprocess
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
@@ -58,6 +59,13 @@ def compare(shape, x_dtype, w_dtype, out_dtype, device, affine=(True, True), eps
 @pytest.mark.parametrize("shape", [(1, 64), (49, 768), (2, 197, 96), (3, 5, 1024), (7, 1536), (4, 33)])
 def test_forward_backward_matches_fp64_reference(shape, x_dtype, w_dtype, out_dtype, device):
     compare(shape, x_dtype, w_dtype, out_dtype, device)
+
+
+@pytest.mark.parametrize("x_dtype, w_dtype, out_dtype", CPU_CASES)
+@pytest.mark.parametrize("C", swin_shapes.widths() + [4 * 384, 4 * 768], ids=lambda c: f"C{c}")
+def test_swin_stage_widths(C, x_dtype, w_dtype, out_dtype, device):
+    """Every Swin stage width (the blocks' norms and the final norm) and the patch-merging norms over 4C."""
+    compare((2, 7, C), x_dtype, w_dtype, out_dtype, device)
 
 
 @pytest.mark.parametrize("affine", [(False, False), (True, False), (False, True)], ids=["none", "weight", "bias"])

@@ -16,6 +16,7 @@ import torch
 from stgcma_fast.kernels import quick_gelu as kernel
 from stgcma_fast.ops import torch_ops
 
+from . import swin_shapes
 from .compile_check import KernelSpec, compile_in_subprocess
 
 CPU_DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16"),
@@ -51,6 +52,13 @@ def compare(shape: tuple[int, ...], dtype: torch.dtype, device, std: float = 3.0
 @pytest.mark.parametrize("shape", [(1,), (49, 3072), (2, 197, 384), (3, 5, 7, 11), (1025,)])
 def test_forward_backward_matches_fp64_reference(shape, dtype, device):
     compare(shape, dtype, device)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("C", swin_shapes.widths(), ids=lambda c: f"C{c}")
+def test_swin_stage_widths(C, dtype, device):
+    """The FFN hidden widths 4C of every Swin stage (512 ... 6144), a few rows."""
+    compare((3, 4 * C), dtype, device)
 
 
 def test_float64_gradcheck(device):

@@ -25,6 +25,7 @@ from stgcma_fast.kernels import t_adapter as kernel
 from stgcma_fast.ops import torch_ops
 from stgcma_fast.testing import assert_close
 
+from . import swin_shapes
 from .compile_check import KernelSpec, compile_in_subprocess
 
 NAMES = ("x", "residual", "w_down", "b_down", "w_up", "b_up")
@@ -144,6 +145,14 @@ def test_forward_backward_matches_fp64_reference(R, r, D, row_scale, dtype, devi
 def test_awkward_widths(R, D, r, dtype, device):
     """D not a multiple of the D chunk (80, 200), the widest bottleneck (128), r = 1 and D = 16 (one masked chunk)."""
     compare(R, D, r, "mask", dtype, device)
+
+
+@pytest.mark.parametrize("C, r", swin_shapes.adapter_widths(), ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_swin_stage_widths(dtype, C, r, device):
+    """Every Swin preset's per-stage (C, r) (r = 16 ... 128, mostly not powers of two), with drop-path rows: the
+    temporal pass's rows are the (clip, token) sequences' frames (49 here)."""
+    compare(49, C, r, "mask", dtype, device)
 
 
 @pytest.mark.parametrize("row_scale", [None, "mask"])

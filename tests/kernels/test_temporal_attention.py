@@ -20,6 +20,7 @@ from stgcma_fast.kernels import temporal_attention as kernel
 from stgcma_fast.ops import torch_ops
 from stgcma_fast.testing import assert_close
 
+from . import swin_shapes
 from .compile_check import KernelSpec, compile_in_subprocess
 
 CPU_DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
@@ -398,9 +399,10 @@ def make_bias(H: int, M: int, dtype: torch.dtype, seed: int = 2) -> torch.Tensor
 
 
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
-@pytest.mark.parametrize("H", [4, 8, 16, 32])
+@pytest.mark.parametrize("H", swin_shapes.heads())
 def test_bias_forward_backward_at_swin_shapes(H, dtype, device):
-    """Swin-B heads 4 / 8 / 16 / 32 of head dim 32, M = 10 frames, a few tokens; the bias an fp32 master table."""
+    """Every Swin stage's heads (B: 4 / 8 / 16 / 32, L: 6 / 12 / 24 / 48) of head dim 32, M = 10 frames, a few
+    tokens; the bias an fp32 master table."""
     compare_biased(make_qkv(1, 10, 3, H, 32, dtype, device), make_bias(H, 10, torch.float32).to(device), H, dtype)
 
 
