@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .backbones import Backbone, build_backbone
-from .backbones.vit import create_backbone
+from .backbones import Backbone, build_backbone, create_backbone
 from .config import STGCMAConfig
 from .modules import BlockAdapters
 
@@ -29,13 +28,17 @@ from .modules import BlockAdapters
 class STGCMAOutput:
     """Per-frame features (None for a disabled branch).
 
-    video_cls (B, M, D), audio_cls (B, K, D): class tokens after the final norm.
-    video_tokens (B, M, N_v, D), audio_tokens (B, K, N_a, D): all tokens after the final norm (class token first).
+    video_cls (B, M, D), audio_cls (B, K, D): class tokens after the final norm (ViT; None for a Swin, which has
+        no class token).
+    video_tokens (B, M, N_v, D), audio_tokens (B, K, N_a, D): all tokens after the final norm (ViT: class token
+        first; Swin: the last stage's tokens, row-major on its grid).
     logits: the attached head's output, if the model has a head (it reads the pooled features).
     video_pooled (B, M, C), audio_pooled (B, K, C): the pooled feature per frame / segment, C =
-        ``model.num_features`` (ViT: the class token, the same tensors as video_cls / audio_cls).
+        ``model.num_features`` (ViT: the class token, the same tensors as video_cls / audio_cls; Swin: the token
+        mean of the last stage).
     video_stages, audio_stages: one map per backbone stage, (B, M, C_s, H_s, W_s), the last after the final norm
-        (ViT: one entry, the patch tokens without the class token on the patch grid; views of the tokens).
+        (ViT: one entry, the patch tokens without the class token on the patch grid; Swin: four, each taken before
+        the next stage's patch merging; views of the tokens).
     """
 
     video_cls: torch.Tensor | None
@@ -75,12 +78,16 @@ def _param_group(name: str) -> str:
         return "final_norm"
     if name.startswith("temporal_embed"):
         return "temporal_embeddings"
+    if name.startswith("audio_patch_embed."):
+        return "audio_patch_embed"
     if name.startswith("head."):
         return "head"
     if name.startswith("adapters."):
         leaf = name.split(".")[2]
         if leaf.endswith(("alpha", "beta")):
             return "gates"
+        if leaf.startswith("temporal_bias"):
+            return "temporal_bias"
         return {"temporal_v": "temporal_adapters", "temporal_a": "temporal_adapters", "spatial": "spatial_adapters",
                 "global_": "global_adapters"}[leaf]
     return "other"
@@ -95,7 +102,8 @@ class STGCMABase(nn.Module):
     Args:
         config: the model configuration.
         pretrained: load backbone weights through timm (hub cache or download).
-        checkpoint_path: load backbone weights from a local timm or OpenAI CLIP state dict instead.
+        checkpoint_path: load backbone weights from a local file instead: a timm state dict, an OpenAI CLIP one
+            (ViT) or Microsoft's original Swin one.
         head: optional task head called as ``head(video_pooled, audio_pooled)`` (the pooled features, width
             ``num_features``); its output is ``STGCMAOutput.logits``.
     """
@@ -106,6 +114,8 @@ class STGCMABase(nn.Module):
         self.config = config
         self.backbone = create_backbone(config, pretrained=pretrained, checkpoint_path=checkpoint_path)
         self.arch: Backbone = build_backbone(self.backbone, config)
+        if self.arch.audio_embed is not None:  # Swin: the audio branch's own frozen patch embedding
+            self.audio_patch_embed = self.arch.audio_embed
         self.arch.freeze()
         first = self.arch.stages[0]
         D = self.arch.embed_dim
@@ -120,8 +130,11 @@ class STGCMABase(nn.Module):
         temporal = self.arch.has_temporal_embedding
         self.temporal_embed_v = nn.Parameter(torch.zeros(M, D)) if config.has_video and temporal else None
         self.temporal_embed_a = nn.Parameter(torch.zeros(M, D)) if config.has_audio and temporal else None
-        self.adapters = nn.ModuleList(BlockAdapters(config, stage.width, stage.bottleneck)
-                                      for stage in self.arch.stages for _ in stage.blocks)  # fmt: skip
+        bias_heads = lambda stage: stage.heads if self.arch.temporal_bias else None  # noqa: E731
+        self.adapters = nn.ModuleList(BlockAdapters(config, stage.width, stage.bottleneck,
+                                                    temporal=self.arch.block_parts(i).temporal,
+                                                    bias_heads=bias_heads(stage))
+                                      for stage in self.arch.stages for i in stage.blocks)  # fmt: skip
         self.drop_path_rates = self.arch.drop_path_rates(config.drop_path_rate)
         self.head = head
 

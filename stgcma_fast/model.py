@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.layers import QuickGELU as TimmQuickGELU
 from torch.utils.checkpoint import checkpoint
 
-from .backbones import BlockParts, GlobalAttention
+from .backbones import BlockParts, GlobalAttention, ShiftedWindows
 from .config import STGCMAConfig
 from .core import STGCMABase, STGCMAOutput
 from .modules import AVAdapter, BlockAdapters, TAdapter
@@ -84,8 +84,9 @@ class FastSTGCMA(STGCMABase):
             raise ValueError(f"expected recompute to be a subset of {RECOMPUTE}, got {unknown}")
         self.recompute = frozenset(recompute)
         layouts = {type(self.arch.block_parts(i).layout).__name__ for i in range(self.depth)}
-        if layouts - {GlobalAttention.__name__}:
-            raise NotImplementedError(f"FastSTGCMA runs spatial attention layouts GlobalAttention, got {layouts}")
+        if layouts - {GlobalAttention.__name__, ShiftedWindows.__name__}:
+            raise NotImplementedError(f"FastSTGCMA runs spatial attention layouts GlobalAttention and ShiftedWindows,"
+                                      f" got {layouts}")
         act = self.arch.block_parts(0).mlp.act
         self._quick_gelu = isinstance(act, TimmQuickGELU)  # CLIP's: a dispatched op (fused kernel or lean torch)
         self._lean_act = lean_activation(act)
@@ -133,17 +134,26 @@ class FastSTGCMA(STGCMABase):
 
     # The recomputable segments take their frozen weights as tensor arguments: checkpoint keeps its tensor arguments
     # for the recomputation as saved tensors (which saved_activation_bytes then counts), others by reference only.
-    def _temporal_mhsa_core(self, i: int, qkv_w: torch.Tensor, qkv_b: torch.Tensor | None,
-                            x: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """LN1 -> qkv -> attention over the M frames of every token; (B, M, N, D) before the output projection."""
+    def _temporal_mhsa_core(self, i: int, qkv_w: torch.Tensor, qkv_b: torch.Tensor | None, x: torch.Tensor,
+                            bias: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """LN1 -> qkv -> attention over the M frames of every token (+ ``bias`` (H, M, M) on the scores: Swin's
+        temporal relative-position bias); (B, M, N, D) before the output projection."""
         p = self.arch.block_parts(i)
         qkv = F.linear(self._norm(p.norm1, x), qkv_w, qkv_b)  # (B, M, N, 3D)
-        return self.ops("temporal_attention", qkv, p.num_heads, p.scale)  # reads qkv in place
+        if bias is None:
+            return self.ops("temporal_attention", qkv, p.num_heads, p.scale)  # reads qkv in place
+        return self.ops("temporal_attention", qkv, p.num_heads, p.scale, bias)
 
-    def _temporal(self, i: int, w: FrozenWeights, ad: TAdapter, x: torch.Tensor) -> torch.Tensor:
-        """x + DropPath(Ad_T(MHSA over frames)) on x (B, M, N, D); attention reads the qkv layout in place."""
+    def _temporal(self, i: int, w: FrozenWeights, ad: TAdapter, x: torch.Tensor,
+                  bias_table: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """x + DropPath(Ad_T(MHSA over frames)) on x (B, M, N, D); attention reads the qkv layout in place. Swin:
+        ``bias_table`` (2M - 1, H), entry i - j + M - 1 added to the score of frame i vs frame j."""
         B, M, N, D = x.shape
-        o = self._segment("attention", self._temporal_mhsa_core, i, *w.qkv, x)  # (B, M, N, D)
+        bias = None
+        if bias_table is not None:
+            frames = torch.arange(M, device=x.device)
+            bias = bias_table[frames[:, None] - frames[None, :] + (M - 1)].permute(2, 0, 1)  # (H, M, M)
+        o = self._segment("attention", self._temporal_mhsa_core, i, *w.qkv, x, bias)  # (B, M, N, D)
         o = self.arch.block_parts(i).ls1(F.linear(o, *w.proj))
         row_scale = None
         rate = self.drop_path_rates[i]
@@ -162,9 +172,47 @@ class FastSTGCMA(STGCMABase):
         qkv = F.linear(self._norm(p.norm1, x), qkv_w, qkv_b).view(B * M, N, 3 * D)
         return self.ops("spatial_attention", qkv, p.num_heads, p.scale)
 
+    def _window_mhsa_core(self, i: int, qkv_w: torch.Tensor, qkv_b: torch.Tensor | None,
+                          x: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Swin: LN1 -> shift and cut into windows -> qkv -> W-MSA / SW-MSA with the frozen relative-position bias
+        and shift mask; (B * M * nW, area, D) window-fastest, before the output projection."""
+        p = self.arch.block_parts(i)
+        layout: ShiftedWindows = p.layout
+        B, M, N, D = x.shape
+        z = layout.partition(self._norm(p.norm1, x))  # (B*M, nW, area, D), LayerNorm commutes with the shift
+        qkv = F.linear(z, qkv_w, qkv_b).view(B * M * layout.num_windows, layout.area, -1)
+        bias, mask = self.arch.attention_bias(i), self.arch.attention_mask(i)
+        return self.ops("spatial_attention", qkv, p.num_heads, p.scale, bias, mask)
+
     def _spatial_mhsa(self, i: int, w: FrozenWeights, x: torch.Tensor) -> torch.Tensor:
+        """The frozen spatial attention of block i on x (B, M, N, D): (B, M, N, D) for a whole frame (ViT); Swin:
+        (B * M, nW, area, D), in the shifted-window layout (the caller reverses it)."""
+        layout = self.arch.block_parts(i).layout
+        if isinstance(layout, ShiftedWindows):
+            o = self._segment("attention", self._window_mhsa_core, i, *w.qkv, x)  # (B*M*nW, area, D)
+            B, M = x.shape[:2]
+            return self.arch.block_parts(i).ls1(F.linear(o, *w.proj)).view(B * M, layout.num_windows, layout.area,
+                                                                           -1)  # fmt: skip
         o = self._segment("attention", self._spatial_mhsa_core, i, *w.qkv, x)  # (B*M, N, D)
         return self.arch.block_parts(i).ls1(F.linear(o, *w.proj)).view_as(x)
+
+    def _spatial_cross_modal(self, i: int, ad: BlockAdapters, s_v: torch.Tensor | None, s_a: torch.Tensor | None,
+                             x_v: torch.Tensor | None, x_a: torch.Tensor | None):  # fmt: skip
+        """x + s + AVA_S(s_v, s_a). Swin: s is in the shifted-window layout; the AV-Adapter pairs video window w of
+        frame m with audio window w of segment m, so the residual is cut into the same windows and the result
+        reversed; without the cross-attention (stage off or one branch) everything is per token: s is reversed."""
+        layout = self.arch.block_parts(i).layout
+        av = ad.spatial
+        if not isinstance(layout, ShiftedWindows):
+            return self._cross_modal(ad, "spatial", av, s_v, s_a, x_v, x_a)
+        if av is None or x_v is None or x_a is None:
+            B = (x_v if x_v is not None else x_a).shape[0]
+            s_v = layout.reverse(s_v, B) if s_v is not None else None
+            s_a = layout.reverse(s_a, B) if s_a is not None else None
+            return self._cross_modal(ad, "spatial", av, s_v, s_a, x_v, x_a)
+        B = x_v.shape[0]
+        out_v, out_a = self._cross_modal(ad, "spatial", av, s_v, s_a, layout.partition(x_v), layout.partition(x_a))
+        return layout.reverse(out_v, B), layout.reverse(out_a, B)
 
     def _norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A block's frozen LayerNorm on the residual stream x through the dispatcher, its output in the dtype the
@@ -216,12 +264,12 @@ class FastSTGCMA(STGCMABase):
         ad: BlockAdapters = self.adapters[i]
         stages = self.config.stages
         w = frozen_weights(self.arch.block_parts(i), (x_v if x_v is not None else x_a).device.type)
-        if "temporal" in stages:
-            x_v = self._temporal(i, w, ad.temporal_v, x_v) if x_v is not None else None
-            x_a = self._temporal(i, w, ad.temporal_a, x_a) if x_a is not None else None
+        if "temporal" in stages and self.arch.block_parts(i).temporal:
+            x_v = self._temporal(i, w, ad.temporal_v, x_v, ad.temporal_bias("v")) if x_v is not None else None
+            x_a = self._temporal(i, w, ad.temporal_a, x_a, ad.temporal_bias("a")) if x_a is not None else None
         s_v = self._spatial_mhsa(i, w, x_v) if x_v is not None else None
         s_a = self._spatial_mhsa(i, w, x_a) if x_a is not None else None
-        x_v, x_a = self._cross_modal(ad, "spatial", ad.spatial, s_v, s_a, x_v, x_a)
+        x_v, x_a = self._spatial_cross_modal(i, ad, s_v, s_a, x_v, x_a)
         f_v = self._ffn(i, w, x_v) if x_v is not None else None
         f_a = self._ffn(i, w, x_a) if x_a is not None else None
         return self._cross_modal(ad, "global", ad.global_, f_v, f_a, x_v, x_a)

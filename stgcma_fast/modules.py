@@ -44,18 +44,32 @@ class BlockAdapters(nn.Module):
     """Everything STG-CMA adds to one frozen block.
 
     Attributes (None where the stage, modality or direction is disabled):
-        temporal_v, temporal_a: T-Adapters of the temporal stage.
+        temporal_v, temporal_a: T-Adapters of the temporal stage (None also where the block has no temporal pass:
+            Swin's shifted blocks).
+        temporal_bias_v, temporal_bias_a: Swin's trainable temporal relative-position bias tables (2M - 1, heads)
+            per modality, trunc-normal std 0.02 (``bias_heads`` given); entry i - j + M - 1 is added to the score of
+            frame i vs frame j.
         spatial, global_: AV-Adapters of the spatial (after MHSA) and global (after FFN) stages.
         spatial_alpha, spatial_beta, global_alpha, global_beta: gates (0-dim, zero-init), or with shared gates one
             ``alpha``, ``beta`` pair used by both AV-Adapters. alpha gates audio -> video, beta video -> audio.
     """
 
-    def __init__(self, config: STGCMAConfig, dim: int, bottleneck: int) -> None:
+    def __init__(self, config: STGCMAConfig, dim: int, bottleneck: int, temporal: bool = True,
+                 bias_heads: int | None = None) -> None:  # fmt: skip
+        """``temporal``: whether the block runs the temporal pass; ``bias_heads``: the heads of a temporal bias table
+        (None: no table, ViT)."""
         super().__init__()
         v, a = config.has_video, config.has_audio
-        temporal = "temporal" in config.stages
+        temporal = temporal and "temporal" in config.stages
         self.temporal_v = TAdapter(dim, bottleneck) if temporal and v else None
         self.temporal_a = TAdapter(dim, bottleneck) if temporal and a else None
+        if temporal and bias_heads is not None:
+            rows = 2 * config.num_frames - 1
+            for name, present in (("temporal_bias_v", v), ("temporal_bias_a", a)):
+                if present:
+                    table = nn.Parameter(torch.empty(rows, bias_heads))
+                    nn.init.trunc_normal_(table, std=0.02)
+                    setattr(self, name, table)
         self.spatial = AVAdapter(dim, bottleneck, v, a) if "spatial" in config.stages else None
         self.global_ = AVAdapter(dim, bottleneck, v, a) if "global" in config.stages else None
         self.shared_gates = config.shared_gates
@@ -66,6 +80,10 @@ class BlockAdapters(nn.Module):
                 setattr(self, f"{prefix}alpha", nn.Parameter(torch.zeros(())))
             if config.v2a:
                 setattr(self, f"{prefix}beta", nn.Parameter(torch.zeros(())))
+
+    def temporal_bias(self, modality: str) -> torch.Tensor | None:
+        """The ``"v"`` or ``"a"`` temporal bias table (2M - 1, heads), or None."""
+        return getattr(self, f"temporal_bias_{modality}", None)
 
     def gates(self, stage: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(alpha, beta) of the ``"spatial"`` or ``"global"`` AV-Adapter; None for a direction fixed at zero."""

@@ -52,4 +52,5 @@ def test_round_trip_and_unknown_fields():
         STGCMAConfig.from_dict({"depth": 3})
     with pytest.raises(ValueError, match="unknown preset 'clip-h14'"):
         STGCMAConfig.preset("clip-h14")
-    assert set(PRESETS) == {"clip-b16-tiny", "clip-b16-base", "clip-l14-tiny", "clip-l14-base"}
+    assert set(PRESETS) == {"clip-b16-tiny", "clip-b16-base", "clip-l14-tiny", "clip-l14-base",
+                            "swin-b-tiny", "swin-b-base", "swin-l-tiny", "swin-l-base"}

@@ -53,7 +53,50 @@ class GlobalAttention:
     """Spatial attention layout: one attention over all the tokens of a frame (ViT, class token included)."""
 
 
-SpatialLayout = GlobalAttention  # Swin adds shifted-window layouts
+@dataclass(frozen=True)
+class ShiftedWindows:
+    """Spatial attention layout of a Swin block: the (H, W) token map of a frame, cyclically shifted by ``-shift``
+    (rows, columns), cut into non-overlapping ``window`` (h, w) windows; attention runs within each window (with the
+    frozen relative-position bias and, where shifted, the shift mask of :meth:`Backbone.attention_mask`).
+
+    Windows are ordered row-major over the window grid, as timm's ``window_partition`` orders them, and tokens
+    row-major within a window.
+    """
+
+    grid: tuple[int, int]
+    window: tuple[int, int]
+    shift: tuple[int, int] = (0, 0)
+
+    @property
+    def num_windows(self) -> int:
+        return (self.grid[0] // self.window[0]) * (self.grid[1] // self.window[1])
+
+    @property
+    def area(self) -> int:
+        """Tokens per window."""
+        return self.window[0] * self.window[1]
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, M, N, C) tokens of the (H, W) map -> (B * M, nW, area, C): shifted, cut into windows (a copy)."""
+        B, M, N, C = x.shape
+        (H, W), (wh, ww), (sh, sw) = self.grid, self.window, self.shift
+        x = x.reshape(B * M, H, W, C)
+        if sh or sw:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        x = x.view(B * M, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(B * M, self.num_windows, wh * ww, C)
+
+    def reverse(self, w: torch.Tensor, batch: int) -> torch.Tensor:
+        """(B * M, nW, area, C) windows -> (B, M, N, C) tokens, the shift undone; ``batch`` = B."""
+        G, _, _, C = w.shape
+        (H, W), (wh, ww), (sh, sw) = self.grid, self.window, self.shift
+        x = w.reshape(G, H // wh, W // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5).reshape(G, H, W, C)
+        if sh or sw:
+            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+        return x.reshape(batch, G // batch, H * W, C)
+
+
+SpatialLayout = GlobalAttention | ShiftedWindows
 
 
 @dataclass(frozen=True)
@@ -62,7 +105,8 @@ class BlockParts:
 
     ``attn`` has ``qkv``, ``proj`` (nn.Linear), ``num_heads`` and ``scale``; ``mlp`` has ``fc1``, ``act``,
     ``drop1``, ``norm``, ``fc2``, ``drop2`` (timm's Mlp); ``ls1`` / ``ls2`` are the layer scales (Identity where the
-    family has none). ``layout`` says how the spatial attention groups the tokens of a frame.
+    family has none). ``layout`` says how the spatial attention groups the tokens of a frame. ``temporal``: whether
+    the block runs STG-CMA's temporal pass (Swin: only the unshifted, even-index blocks of a stage).
     """
 
     norm1: nn.Module
@@ -72,6 +116,7 @@ class BlockParts:
     mlp: nn.Module
     ls2: nn.Module
     layout: SpatialLayout
+    temporal: bool = True
 
     @property
     def num_heads(self) -> int:
@@ -88,7 +133,9 @@ class Backbone(abc.ABC):
     Attributes set by the subclass: ``module`` (the timm model), ``stages``, ``img_size`` (H, W) of a video frame,
     ``audio_grid`` (first-stage token grid of an audio segment, rows = time), ``num_video_tokens`` /
     ``num_audio_tokens`` (first-stage tokens per frame / segment), ``has_temporal_embedding`` (whether STG-CMA adds
-    a trainable temporal embedding per modality to the embedded tokens).
+    a trainable temporal embedding per modality to the embedded tokens), ``temporal_bias`` (whether each temporal
+    pass adds a trainable (2M - 1, heads) relative-position bias per modality: Swin), ``audio_embed`` (a frozen
+    module of the family's own audio embedding that the STG-CMA model registers as ``audio_patch_embed``, or None).
     """
 
     family: str
@@ -99,6 +146,8 @@ class Backbone(abc.ABC):
     num_video_tokens: int
     num_audio_tokens: int
     has_temporal_embedding: bool
+    temporal_bias: bool = False
+    audio_embed: nn.Module | None = None
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -129,6 +178,15 @@ class Backbone(abc.ABC):
     @abc.abstractmethod
     def block_parts(self, i: int) -> BlockParts:
         """Block i's frozen parts and spatial layout."""
+
+    def attention_bias(self, i: int) -> torch.Tensor | None:
+        """Block i's frozen additive bias (H, N, N) on the spatial attention scores (Swin: the relative-position
+        bias of a window), or None."""
+        return None
+
+    def attention_mask(self, i: int) -> torch.Tensor | None:
+        """Block i's additive mask (nW, N, N) of each window (Swin's shift mask, 0 / -100), or None."""
+        return None
 
     @abc.abstractmethod
     def freeze(self) -> None:

@@ -40,7 +40,7 @@ def check_supported(model: torch.nn.Module, name: str = "backbone") -> None:
     reasons = []
     if not isinstance(model, VisionTransformer):
         raise ValueError(f"{name}: expected a timm VisionTransformer, got {type(model).__name__} "
-                         "(Swin backbones are not supported yet)")
+                         "(STG-CMA builds on timm VisionTransformer and SwinTransformer backbones)")
     if model.cls_token is None:
         reasons.append("it has no class token (class_token=False)")
     if getattr(model, "reg_token", None) is not None:
