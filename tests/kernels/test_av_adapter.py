@@ -497,15 +497,21 @@ SM90_CASES = {
     # The fusions "a2v", "v2a", "none" (config.FUSIONS) and inference (save=False), in the bf16 autocast mix: the
     # variants that only they run.
     "bf16-other-modes": ([(BF16, F32, F32)], [m for m in itertools.product((True, False), repeat=3) if m != TRAINING]),
+    # Swin in the bf16 autocast mix at its own widths and token counts (SWIN_SM90_SHAPES): every candidate.
+    "swin-bf16": ([(BF16, F32, F32)], [TRAINING]),
 }
 
 
 # The cases whose every autotune candidate is compiled (the others compile each step's first, its default).
-ALL_CANDIDATES = ("fp32", "bf16")
+ALL_CANDIDATES = ("fp32", "bf16", "swin-bf16")
 # The model shape each padded bottleneck is compiled at (what the JIT specialises: sizes that are multiples of 16),
 # a training batch of 8 clips x 10 frames (G = 80): B/16 Base (r = 96), L/14 Base (r = 64), B/16 Tiny (r = 24).
 SM90_SHAPES = {128: dict(G=80, N_v=197, N_a=49, D=768, r=96), 64: dict(G=80, N_v=257, N_a=64, D=1024, r=64),
                32: dict(G=80, N_v=197, N_a=49, D=768, r=24)}  # fmt: skip
+# Swin, 8 clips x 10 frames: the Swin-B Base stage-1 global adapter (3,136 tokens, C = 128, r = 32), Base stage 2
+# per 7 x 7 window (64 windows of 49 tokens a frame at 28 x 28, C = 256, r = 64), Base stage 4 (C = 1024, r = 128).
+SWIN_SM90_SHAPES = {128: dict(G=80, N_v=49, N_a=49, D=1024, r=128), 64: dict(G=80 * 16, N_v=49, N_a=49, D=256, r=64),
+                    32: dict(G=80, N_v=3136, N_a=3136, D=128, r=32)}  # fmt: skip
 
 
 def _sm90_values(step: str, G: int, N_v: int, N_a: int, D: int, r: int) -> dict[str, int]:
@@ -535,6 +541,7 @@ def _sm90_specs(case: str) -> list[KernelSpec]:
     candidate (BLOCK_R = 128, 64, 32: the biggest first, so that the workers finish
     together; only each step's first outside ``ALL_CANDIDATES``) and the dtypes and modes of ``SM90_CASES[case]``."""
     dtypes, modes = SM90_CASES[case]
+    shapes = SWIN_SM90_SHAPES if case.startswith("swin") else SM90_SHAPES
     flags = _launch_flags(modes)
     if TRAINING not in modes:  # leave out what the training cases compile
         training = _launch_flags([TRAINING])
@@ -570,7 +577,7 @@ def _sm90_specs(case: str) -> list[KernelSpec]:
                                            *(f"{k}={v}" for k, v in flag.items())])  # fmt: skip
                         specs.append(KernelSpec(kernels[step], sigs[step], {**flag, **consts}, c.num_warps,
                                                 c.num_stages, label=label,
-                                                values=_sm90_values(step, **SM90_SHAPES[block_r])))  # fmt: skip
+                                                values=_sm90_values(step, **shapes[block_r])))  # fmt: skip
     return specs
 
 

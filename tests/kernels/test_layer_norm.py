@@ -175,7 +175,7 @@ def _sm90_specs() -> list[KernelSpec]:
     specs = []
     for x_t, w_t, o_t in [(F32, F32, F32), (BF16, BF16, BF16), (F16, F16, F16), (F32, F32, BF16)]:
         x, w, o = (_TRITON_TYPES[t] for t in (x_t, w_t, o_t))
-        for D in (768, 1024, 1536):
+        for D in (768, 1024, 1536, 128, 192, 256, 384, 512, 3072):  # ViT, then Swin (stage widths, 4C merging)
             launch = kernel._gpu_launch(D)
             consts = {"ACC": tl.float32, "BLOCK_D": triton.next_power_of_2(D), "HAS_W": True}
             fwd = {"X": f"*{x}", "W": f"*{w}", "B": f"*{w}", "Y": f"*{o}", "stride_x": "i32", "D": "i32",

@@ -449,18 +449,23 @@ def test_backward_launcher_raises_on_mismatch():
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Per test case (one process each): the (x, residual / out, weights) dtypes. Each compute dtype alone and the autocast
 # training mix: bf16 x from the frozen projection, the fp32 residual stream and fp32 master weights.
-SM90_CASES = {"fp32": (F32, F32, F32), "bf16": (BF16, BF16, BF16), "bf16-train": (BF16, F32, F32)}
-SM90_BOTTLENECKS = (128, 64, 32)  # padded r of the model shapes: B/16 r = 96 and 24, L/14 r = 64 and 32
+SM90_CASES = {"fp32": (F32, F32, F32), "bf16": (BF16, BF16, BF16), "bf16-train": (BF16, F32, F32),
+              "swin-bf16-train": (BF16, F32, F32)}  # at SWIN_SM90_SHAPES
 # The integer arguments at the model shape of each padded r (the JIT specialises multiples of 16): the video rows of a
 # training batch of 8 clips x 10 frames, contiguous (the row strides are D).
 SM90_SHAPES = {128: dict(R=80 * 197, D=768, r=96), 64: dict(R=80 * 257, D=1024, r=64),
                32: dict(R=80 * 197, D=768, r=24)}  # fmt: skip
+# Swin's temporal pass, 8 clips x 10 frames, the rows are (frame, token): Swin-L stage 4 (C = 1536, r = 96, 49
+# tokens), Swin-B Base stage 3 (C = 512, r = 64, 196), Swin-L Tiny stage 1 (C = 192, r = 24, 3,136), Swin-B Tiny
+# stage 1 (C = 128, r = 16).
+SWIN_SM90_SHAPES = {128: dict(R=80 * 49, D=1536, r=96), 64: dict(R=80 * 196, D=512, r=64),
+                    32: dict(R=80 * 3136, D=192, r=24), 16: dict(R=80 * 3136, D=128, r=16)}  # fmt: skip
 
 
 def _sm90_specs(case: str) -> list[KernelSpec]:
     """Both kernels as the launchers specialise them (HAS_SCALE: drop path on) for every autotune candidate
-    (``t_adapter._GPU_LAUNCH``) of the padded bottlenecks ``SM90_BOTTLENECKS`` (the widest first, so that the workers
-    finish together), in the dtypes of ``SM90_CASES[case]``."""
+    (``t_adapter._GPU_LAUNCH``) of the padded bottlenecks of ``SM90_SHAPES`` (``SWIN_SM90_SHAPES`` for the Swin case;
+    the widest first, so that the workers finish together), in the dtypes of ``SM90_CASES[case]``."""
     x_t, res_t, w_t = SM90_CASES[case]
     dt, rt, wt = (_TRITON_TYPES[t] for t in (x_t, res_t, w_t))
     gt = _TRITON_TYPES[torch.promote_types(x_t, w_t)]  # dh and gs: the wider of (x, weights)
@@ -472,13 +477,14 @@ def _sm90_specs(case: str) -> list[KernelSpec]:
            "DH": f"*{gt}", "GS": f"*{gt}", "DBD_PART": "*fp32", "DBU_PART": "*fp32", "R": "i32", "D": "i32",
            "r": "i32", "stride_dy": "i32"}  # fmt: skip
     specs = []
-    for block_r in SM90_BOTTLENECKS:
+    shapes = SWIN_SM90_SHAPES if case.startswith("swin") else SM90_SHAPES
+    for block_r in shapes:
         for step, jit, sig in [("fwd", kernel._t_adapter_fwd_kernel, fwd), ("bwd", kernel._t_adapter_bwd_kernel, bwd)]:
             for c in kernel._GPU_LAUNCH[kernel._dot_class(prec)][block_r][step]:
                 consts = {"HAS_SCALE": True, "ACC": tl.float32, "DOT_PRECISION": prec, "BLOCK_r": block_r,
                           **kernel._config(c).kwargs}  # fmt: skip
                 label = f"{dt} x, {rt} res, {wt} w, BLOCK_r={block_r}, BLOCK_R={c.block_rows}, BLOCK_D={c.block_d}"
-                dims = SM90_SHAPES[block_r]
+                dims = shapes[block_r]
                 strides = ("stride_x", "stride_res") if step == "fwd" else ("stride_dy",)
                 values = dims | dict.fromkeys(strides, dims["D"])
                 specs.append(KernelSpec(jit, sig, consts, c.num_warps, c.num_stages, label=label, values=values))
