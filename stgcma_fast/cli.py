@@ -101,21 +101,24 @@ def demo(args: argparse.Namespace) -> int:
 
 # The paper's trainable counts with the AVE head (and totals where it gives them), for the `params` table.
 PAPER_COUNTS = {"clip-b16-tiny": (3.5, None), "clip-b16-base": (11.5, 97.5), "clip-l14-tiny": (10.7, None),
-                "clip-l14-base": (20.1, 323.6)}
+                "clip-l14-base": (20.1, 323.6), "swin-b-tiny": (5.6, 92.3), "swin-b-base": (10.1, 96.8),
+                "swin-l-tiny": (11.7, 206.7), "swin-l-base": (19.0, 214.0)}
 
 
 def params_table() -> str:
-    """Markdown table of the ViT presets' parameter counts (with the AVE head) against the paper's."""
+    """Markdown table of the presets' parameter counts (with the AVE head) against the paper's; r per stage for a
+    Swin."""
     rows = ["| preset | backbone | r | trainable (ours) | trainable (paper) | total (ours) | total (paper) |",
             "|---|---|---|---|---|---|---|"]
     for name, (paper_trainable, paper_total) in PAPER_COUNTS.items():
         cfg = STGCMAConfig.preset(name)
         with torch.device("meta"):  # counts only: no memory, no forward
             model = FastSTGCMA(cfg)
-            model.head = AVEHead(model.embed_dim)
+            model.head = AVEHead(model.num_features)
         rep = model.param_report()
         total = f"{paper_total}M" if paper_total else "-"
-        rows.append(f"| {name} | {cfg.backbone} | {model.bottleneck} | {rep.trainable / 1e6:.2f}M | "
+        r = "/".join(str(s.bottleneck) for s in model.arch.stages)
+        rows.append(f"| {name} | {cfg.backbone} | {r} | {rep.trainable / 1e6:.2f}M | "
                     f"{paper_trainable}M | {rep.total / 1e6:.2f}M | {total} |")
     return "\n".join(rows)
 
