@@ -3,9 +3,10 @@ ReferenceSTGCMA eager, torch.compile(ReferenceSTGCMA), FastSTGCMA (its ops as th
 on CUDA until the kernels' GPU parity tests have passed, see GPU_VALIDATED), torch.compile(FastSTGCMA) and FastSTGCMA
 with its Triton kernels forced on (``fast-triton``, GPU only: on CPU they run in the interpreter).
 
-On a GPU: CLIP ViT-B/16 and ViT-L/14, Tiny and Base, bf16 autocast, 10 frames + 10 audio segments per clip, a batch
-size sweep (a size that runs out of memory, anywhere in its case, is skipped with that reason, its memory released)
-and a frame-count sweep. On CPU only: one tiny CLIP-shaped model in fp32 that exercises the harness. Throughput is
+On a GPU: CLIP ViT-B/16 and ViT-L/14 and Swin-B / Swin-L, Tiny and Base, bf16 autocast, 10 frames + 10 audio segments
+per clip, a batch size sweep (a size that runs out of memory, anywhere in its case, is skipped with that reason, its
+memory released) and a frame-count sweep. On CPU only: one tiny CLIP-shaped model and one tiny Swin in fp32 that
+exercise the harness. Throughput is
 clips/s; MFU uses the analytic FLOP count of stgcma_fast.flops (checked against torch's FLOP counter in
 tests/test_flops.py). Training cases also record the activation memory autograd keeps for backward
 (saved_activation_mib), which is measurable on CPU as well.
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from stgcma_fast import FastSTGCMA, ReferenceSTGCMA, STGCMAConfig
-from stgcma_fast.flops import stgcma_flops
+from stgcma_fast.flops import FlopCount, stgcma_flops
 from stgcma_fast.memory import saved_activation_bytes
 from stgcma_fast.ops.dispatch import REGISTRY
 
@@ -32,13 +33,50 @@ MEMORY_PROVIDERS = {"fast-recompute-ffn": dict(recompute=("ffn",)),
                     "fast-checkpoint": dict(grad_checkpointing=True)}
 TINY = dict(backbone="vit_base_patch16_clip_quickgelu_224",
             backbone_kwargs=dict(img_size=64, embed_dim=96, depth=2, num_heads=3), adapter="base", num_frames=4)
+# A Swin with the real window (7) on a 14 x 14 map (four windows, the second block shifted), then a 7 x 7 stage.
+TINY_SWIN = dict(backbone="swin_tiny_patch4_window7_224",
+                 backbone_kwargs=dict(img_size=56, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=7),
+                 adapter="base", num_frames=4)
+TINY_CONFIGS = {"tiny": TINY, "tiny-swin": TINY_SWIN}
+
+
+def swin_flops(model) -> FlopCount:
+    """FLOPs per clip of an STG-CMA model on a Swin backbone, with :func:`stgcma_flops`' conventions: per stage s
+    of width C_s, N_s tokens per frame and windows of A tokens, the frozen GEMMs (qkv, proj, MLP; again qkv and proj
+    in the temporal pass of the even blocks; the patch merging), the window attention (4 N A C per frame), the
+    temporal attention (4 N M^2 C), the adapters' projections (4 n C r each) and the AV cross attention (per window
+    at the spatial stage: 4 N A r; over the whole map at the global stage: 4 N^2 r; per enabled direction)."""
+    cfg, arch = model.config, model.arch
+    M = cfg.num_frames
+    ph, pw = model.backbone.patch_embed.patch_size
+    branches = [c for c, on in ((3, cfg.has_video), (1, cfg.has_audio)) if on]
+    directions = int(cfg.a2v) + int(cfg.v2a) if len(branches) == 2 else 0
+    embed = frozen = attention = adapters = 0.0
+    for stage in arch.stages:
+        C, r = stage.width, stage.bottleneck
+        N = stage.grid[0] * stage.grid[1]
+        n = M * N
+        hidden = arch.block(stage.blocks[0]).mlp.fc1.out_features
+        for i in stage.blocks:
+            A = arch.block_parts(i).layout.area
+            temporal = "temporal" in cfg.stages and arch.block_parts(i).temporal
+            for _ in branches:
+                frozen += 2 * n * 4 * C * C + 2 * 2 * n * C * hidden + (2 * n * 4 * C * C if temporal else 0)
+                attention += 4 * n * A * C + (4 * N * M * M * C if temporal else 0)
+                adapters += 4 * n * C * r * (int(temporal) + sum(s in cfg.stages for s in ("spatial", "global")))
+            adapters += directions * 4 * n * r * (A * ("spatial" in cfg.stages) + N * ("global" in cfg.stages))
+        if stage.downsample:
+            frozen += len(branches) * 2 * n * 2 * C * C  # PatchMerging: (n, 4 C_in) x (4 C_in, C), C_in = C / 2
+    for channels in branches:
+        embed += 2 * M * arch.num_video_tokens * arch.embed_dim * channels * ph * pw
+    return FlopCount(embed=embed, frozen_gemm=frozen, attention=attention, adapters=adapters)
 
 
 def _config(preset: str, frames: int | None = None) -> STGCMAConfig:
-    if preset == "tiny":
+    if preset in TINY_CONFIGS:
         if HAS_CUDA:
             pytest.skip(CPU_ONLY)
-        cfg = STGCMAConfig(**TINY)
+        cfg = STGCMAConfig(**TINY_CONFIGS[preset])
     else:
         if not HAS_CUDA:
             pytest.skip(GPU_ONLY)
@@ -84,7 +122,7 @@ def _measure(benchmark, cfg: STGCMAConfig, preset: str, provider: str, batch: in
     model, runner = _build(cfg, provider)
     video, audio = _inputs(model, batch)
     amp = dict(device_type=DEVICE.type, dtype=torch.bfloat16, enabled=HAS_CUDA)
-    flops = stgcma_flops(model)
+    flops = swin_flops(model) if model.arch.family == "swin" else stgcma_flops(model)
     extra = {}
     if mode == "train":
         model.train()
@@ -96,7 +134,7 @@ def _measure(benchmark, cfg: STGCMAConfig, preset: str, provider: str, batch: in
         def step():
             with torch.autocast(**amp):
                 out = runner(video, audio)
-                loss = out.video_cls.float().square().mean() + out.audio_cls.float().square().mean()
+                loss = out.video_pooled.float().square().mean() + out.audio_pooled.float().square().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -119,18 +157,19 @@ def _measure(benchmark, cfg: STGCMAConfig, preset: str, provider: str, batch: in
 
 @pytest.mark.parametrize("mode", ["train", "infer"])
 @pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("preset", ["tiny", "clip-b16-base", "clip-b16-tiny", "clip-l14-base", "clip-l14-tiny"])
+@pytest.mark.parametrize("preset", ["tiny", "clip-b16-base", "clip-b16-tiny", "clip-l14-base", "clip-l14-tiny",
+                                    "tiny-swin", "swin-b-tiny", "swin-b-base", "swin-l-tiny", "swin-l-base"])
 def test_model_step(benchmark, preset, provider, mode):
-    batch = 2 if preset == "tiny" else (4 if "l14" in preset else 8)
+    batch = 2 if preset.startswith("tiny") else 2 if "swin" in preset else (4 if "l14" in preset else 8)
     _bench(benchmark, preset, provider, batch, mode)
 
 
 @pytest.mark.parametrize("provider", list(MEMORY_PROVIDERS))
-@pytest.mark.parametrize("preset", ["tiny", "clip-b16-base"])
+@pytest.mark.parametrize("preset", ["tiny", "clip-b16-base", "tiny-swin", "swin-b-base"])
 def test_memory_options(benchmark, preset, provider):
     """Selective recomputation and whole-block checkpointing: clips/s and memory of the training step, against the
     ``fast`` row of test_model_step for the same case."""
-    _bench(benchmark, preset, provider, 2 if preset == "tiny" else 8, "train")
+    _bench(benchmark, preset, provider, 2 if preset.startswith("tiny") or "swin" in preset else 8, "train")
 
 
 @pytest.mark.gpu
