@@ -138,6 +138,13 @@ class STGCMABase(nn.Module):
         self.drop_path_rates = self.arch.drop_path_rates(config.drop_path_rate)
         self.head = head
 
+    def to_empty(self, *, device: torch.device | str | None, recurse: bool = True) -> STGCMABase:
+        """``nn.Module.to_empty``, then the backbone's non-persistent buffers (Swin's relative-position indices and
+        shift masks) are recomputed: they are not in any state dict, so nothing else would restore them."""
+        super().to_empty(device=device, recurse=recurse)
+        self.arch.init_buffers()
+        return self
+
     @property
     def num_video_tokens(self) -> int:
         """First-stage tokens per video frame (ViT: the class token and the patches)."""

@@ -262,3 +262,20 @@ def test_head_reads_the_token_mean():
     out = fast.eval()(*inputs(cfg))
     expected = fast.head(out.video_tokens.mean(2), out.audio_tokens.mean(2))
     assert out.logits.shape == (2, 3, 29) and torch.allclose(out.logits, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_meta_model_materialised_with_to_empty_computes_like_a_built_one(impl):
+    """to_empty leaves non-persistent buffers uninitialised; the model recomputes Swin's relative-position indices
+    and shift masks, so a meta-built model loaded with a state dict computes what the built one does."""
+    cfg = swin_config()
+    built = randomize_(IMPLS[impl](cfg), std=0.1).eval()
+    with torch.device("meta"):
+        model = IMPLS[impl](cfg)
+    model.to_empty(device="cpu")
+    model.load_state_dict(built.state_dict())
+    blk, ref = model.backbone.layers[0].blocks[1], built.backbone.layers[0].blocks[1]
+    assert torch.equal(blk.attn_mask, ref.attn_mask)
+    assert torch.equal(blk.attn.relative_position_index, ref.attn.relative_position_index)
+    video, audio = inputs(cfg)
+    assert torch.equal(model.eval()(video, audio).video_tokens, built(video, audio).video_tokens)

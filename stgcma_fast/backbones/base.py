@@ -188,6 +188,11 @@ class Backbone(abc.ABC):
         """Block i's additive mask (nW, N, N) of each window (Swin's shift mask, 0 / -100), or None."""
         return None
 
+    def init_buffers(self) -> None:
+        """Recompute the frozen modules' non-persistent buffers (after ``to_empty``, which leaves them
+        uninitialised); nothing for a family without any."""
+        return None
+
     @abc.abstractmethod
     def freeze(self) -> None:
         """Freeze the backbone, except what STG-CMA trains of it."""

@@ -171,6 +171,12 @@ class SwinBackbone(Backbone):
         blk = self._blocks[i]
         return blk.attn_mask if any(blk.shift_size) else None
 
+    def init_buffers(self) -> None:
+        """Recompute every block's relative-position index and shift mask (timm's non-persistent buffers)."""
+        for blk in self._blocks:
+            blk.attn.init_non_persistent_buffers()
+            blk.init_non_persistent_buffers()
+
     def freeze(self) -> None:
         """Freeze everything: the Swin backbone (final norm included) and the audio patch embedding."""
         for p in self.module.parameters():
