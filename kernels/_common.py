@@ -1,10 +1,12 @@
-"""Small host-side helpers shared by the kernel launchers."""
+"""Small host-side helpers shared by the kernel modules: the eager / custom-op switch, dtype and device policy,
+interpreter detection, and the launch-tuning scaffolding (autotune arguments, launch candidates, forced launches)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 import triton
@@ -69,6 +71,20 @@ def quick_bench(fn, quantiles=None):
     return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
 
 
+def autotune_kwargs(launches: Iterable, config: Callable[[Any], triton.Config], key: list[str],
+                    candidates: Callable[[dict, dict], Iterable], **extra: Any) -> dict:  # fmt: skip
+    """The ``@triton.autotune`` arguments of one kernel step: a config per distinct launch in ``launches`` (every GPU
+    candidate of the step), timed per ``key`` by :func:`quick_bench`, pruned before each tuning to ``candidates(
+    named_args, constexprs)``, the launches that fit this call (``LaunchOverrides.candidates``); ``extra`` (e.g.
+    ``reset_to_zero``) is passed on."""
+
+    def prune(configs, named_args, **kwargs):
+        return [config(launch) for launch in candidates(named_args, kwargs)]
+
+    return dict(configs=[config(launch) for launch in dict.fromkeys(launches)], key=key,
+                prune_configs_by={"early_config_prune": prune}, do_bench=quick_bench, **extra)  # fmt: skip
+
+
 def launch_sets(per_step: dict) -> list[dict]:
     """Every launch set the autotuners may combine, read column-wise: set i holds each step's i-th candidate (its
     last where a step has fewer), so that each candidate of each step is in some set. ``per_step``: step ->
@@ -97,6 +113,20 @@ class LaunchOverrides:
     def get(self, step: str):
         """The launch forced for ``step``, or None."""
         return self.forced.get(step)
+
+    def candidates(self, step: str, is_interpreted: bool, interpreter_launch: Any,
+                   gpu_candidates: Callable[[], tuple]) -> tuple:  # fmt: skip
+        """What the kernel of ``step`` may run, in the order every kernel module decides it: the forced launch; under
+        the interpreter its one ``interpreter_launch``; else ``gpu_candidates()``, only the first of them when
+        autotuning is off (``STGCMA_FAST_AUTOTUNE=0``)."""
+        self.check_step(step)
+        forced = self.get(step)
+        if forced is not None:
+            return (forced,)
+        if is_interpreted:
+            return (interpreter_launch,)
+        fit = tuple(gpu_candidates())
+        return fit if autotune_enabled() else fit[:1]
 
     @contextlib.contextmanager
     def force(self, **launches) -> Iterator[None]:

@@ -50,7 +50,6 @@ when no input requires grad (inference): the kernels skip those stores.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -62,19 +61,16 @@ from stgcma_fast.flops import av_adapter_flops
 from stgcma_fast.kernels._common import (
     LaunchOverrides,
     acc_dtypes,
-    autotune_enabled,
+    autotune_kwargs,
+    device_dtype_refusal,
     eager_autograd,
+    interpreted,
     launch_sets,
-    quick_bench,
 )
 
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configurations (the kernels' autotune candidates)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -139,18 +135,13 @@ def _config(launch: _Launch, step: str) -> triton.Config:
     return triton.Config(meta, num_warps=launch.num_warps, num_stages=launch.num_stages)
 
 
-def launch_candidates(r: int, step: str) -> tuple[_Launch, ...]:
+def launch_candidates(step: str, r: int) -> tuple[_Launch, ...]:
     """What the launcher of ``step`` may run for bottleneck ``r``: the forced launch, the interpreter's one launch,
     or the GPU candidates (the first only when autotuning is off)."""
     _OVERRIDES.check_step(step)
     block_r = _block_r(r)
-    forced = _OVERRIDES.get(step)
-    if forced is not None:
-        return (forced,)
-    if _interpreting():
-        return (_INTERPRETER_LAUNCH[block_r][step],)
-    launches = _GPU_LAUNCH[block_r][step]
-    return launches if autotune_enabled() else launches[:1]
+    return _OVERRIDES.candidates(step, _interpreted(), _INTERPRETER_LAUNCH[block_r][step],
+                                 lambda: _GPU_LAUNCH[block_r][step])  # fmt: skip
 
 
 def gpu_launch_sets(dtype: torch.dtype | None = None, *, r: int, **dims: int) -> list[dict[str, _Launch]]:
@@ -166,17 +157,10 @@ def force_launch(**launches: _Launch):
     return _OVERRIDES.force(**launches)
 
 
-def _pruner(step: str):
-    def prune(configs, named_args, **kwargs):
-        return [_config(launch, step) for launch in launch_candidates(kwargs["BLOCK_R"], step)]
-
-    return prune
-
-
 def _autotune(step: str, key: list[str]) -> dict:
-    configs = [_config(launch, step) for steps in _GPU_LAUNCH.values() for launch in steps[step]]
-    return dict(configs=configs, key=key, prune_configs_by={"early_config_prune": _pruner(step)},
-                do_bench=quick_bench)  # fmt: skip
+    return autotune_kwargs((launch for steps in _GPU_LAUNCH.values() for launch in steps[step]),
+                           lambda launch: _config(launch, step), key,
+                           lambda args, meta: launch_candidates(step, meta["BLOCK_R"]))  # fmt: skip
 
 
 def _block_r(r: int) -> int:
@@ -509,32 +493,25 @@ _OVERRIDES.kernels.update(_KERNELS)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """What this backend accepts, as data (the dispatcher and ``supports`` read it)."""
-
-    # Compute dtypes (the dtype of u_v and u_a).
-    cuda_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
-    # The interpreter computes bf16 tl.dot wrong; fp64 runs there for gradcheck only (not tuned for GPUs).
-    interpreter_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.float64)
-    # Mixed precision (torch.autocast): weights and biases may be fp32 master copies whatever u is (rounded to u's
-    # dtype on load); the residual x (and so out) may be fp32 when u is 16-bit.
-    master_dtype: torch.dtype = torch.float32
-    half_dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
-    max_r: int = 128  # r-wide tiles (queries, keys, dh) stay in registers / shared memory
-    max_d: int = 16384
-    gate_dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-    def allowed_dtypes(self, name: str, compute: torch.dtype) -> tuple[torch.dtype, ...]:
-        """Dtypes accepted for input ``name`` (see ``_ARG_NAMES``) when u_v has dtype ``compute``."""
-        if name in ("u_v", "u_a"):
-            return (compute,)
-        if name in ("x_v", "x_a"):  # out = x + u + ... has the dtype of x: torch's type promotion of the contract
-            return (compute, self.master_dtype) if compute in self.half_dtypes else (compute,)
-        return (compute,) if compute == self.master_dtype else (compute, self.master_dtype)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # compute dtypes (the dtype of u_v and u_a) on CUDA
+# The interpreter computes bf16 tl.dot wrong; fp64 runs there for gradcheck only (not tuned for GPUs).
+INTERPRETER_DTYPES = (torch.float32, torch.float16, torch.float64)
+# Mixed precision (torch.autocast): weights and biases may be fp32 master copies whatever u is (rounded to u's dtype
+# on load); the residual x (and so out) may be fp32 when u is 16-bit.
+MASTER_DTYPE = torch.float32
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+_GATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_BOTTLENECK = 128  # r-wide tiles (queries, keys, dh) stay in registers / shared memory
+MAX_WIDTH = 16384
 
 
-CAPABILITIES = Capabilities()
+def _allowed_dtypes(name: str, compute: torch.dtype) -> tuple[torch.dtype, ...]:
+    """Dtypes accepted for input ``name`` (see ``_ARG_NAMES``) when u_v has dtype ``compute``."""
+    if name in ("u_v", "u_a"):
+        return (compute,)
+    if name in ("x_v", "x_a"):  # out = x + u + ... has the dtype of x: torch's type promotion of the contract
+        return (compute, MASTER_DTYPE) if compute in _HALF_DTYPES else (compute,)
+    return (compute,) if compute == MASTER_DTYPE else (compute, MASTER_DTYPE)
 
 # The compute dtypes the kernels know (CDT: the dtype of u), as Triton dtypes.
 _TL_DTYPES: dict[torch.dtype, tl.dtype] = {
@@ -618,7 +595,7 @@ def _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down
                 f"expected {name} of shape {expected[name]} (G={G}, N_v={N_v}, N_a={N_a}, D={D}, r={r} from u_v, u_a "
                 f"and w_down_v), got {tuple(t.shape)}"
             )
-        allowed = CAPABILITIES.allowed_dtypes(name, u_v.dtype)
+        allowed = _allowed_dtypes(name, u_v.dtype)
         if t.dtype not in allowed:
             why = " (the dtype of u_v)"
             if len(allowed) > 1:
@@ -632,8 +609,8 @@ def _check_inputs(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down
             raise ValueError(f"expected {name} to be a scalar tensor of shape () or (1,), got {tuple(t.shape)}")
         if t.device != u_v.device:
             raise ValueError(f"expected {name} on {u_v.device} (the device of u_v), got {t.device}")
-        if t.dtype not in CAPABILITIES.gate_dtypes:
-            raise ValueError(f"expected {name} of a floating dtype {CAPABILITIES.gate_dtypes}, got {t.dtype}")
+        if t.dtype not in _GATE_DTYPES:
+            raise ValueError(f"expected {name} of a floating dtype {_GATE_DTYPES}, got {t.dtype}")
     if min(G, N_v, N_a, D, r) < 1:
         raise ValueError(f"expected non-empty inputs, got G={G}, N_v={N_v}, N_a={N_a}, D={D}, r={r}")
 
@@ -646,26 +623,12 @@ def supports(u_v, u_a, x_v, x_a, w_down_v, b_down_v, w_up_v, b_up_v, w_down_a, b
                       alpha, beta)  # fmt: skip
     except ValueError as e:
         return str(e)
-    dev, dtype = u_v.device, u_v.dtype
-    if dev.type == "cuda":
-        if _interpreting():
-            return "device cuda while TRITON_INTERPRET=1 (the interpreter runs on CPU tensors)"
-        if dtype not in CAPABILITIES.cuda_dtypes:
-            return f"dtype {dtype} not supported on cuda (supported: {CAPABILITIES.cuda_dtypes})"
-    elif dev.type == "cpu":
-        if not _interpreting():
-            return "device cpu needs TRITON_INTERPRET=1"
-        if dtype not in CAPABILITIES.interpreter_dtypes:
-            supported = CAPABILITIES.interpreter_dtypes
-            return f"dtype {dtype} not supported under the Triton interpreter (supported: {supported})"
-    else:
-        return f"device {dev.type} not supported (cuda, or cpu with TRITON_INTERPRET=1)"
     r, D = w_down_v.shape
-    if r > CAPABILITIES.max_r:
-        return f"r={r} > {CAPABILITIES.max_r}"
-    if D > CAPABILITIES.max_d:
-        return f"D={D} > {CAPABILITIES.max_d}"
-    return None
+    if r > MAX_BOTTLENECK:
+        return f"r={r} > {MAX_BOTTLENECK}"
+    if D > MAX_WIDTH:
+        return f"D={D} > {MAX_WIDTH}"
+    return device_dtype_refusal(u_v.device, u_v.dtype, _interpreted(), DTYPES, INTERPRETER_DTYPES)
 
 
 def _dot_precisions(dtype: torch.dtype) -> tuple[str, str]:
@@ -704,6 +667,11 @@ def _saved_shapes(G: int, N_v: int, N_a: int, r: int, a2v: bool, v2a: bool, save
 # ----------------------------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def _interpreted() -> bool:
+    """True when this module's kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
+    return interpreted(_down_gelu_kernel)
 
 
 def av_adapter_forward(

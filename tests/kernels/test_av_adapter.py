@@ -190,7 +190,7 @@ def test_every_gpu_launch_candidate(r, launches, device):
     not arithmetic). 50 video rows = 1..4 row blocks, 33 audio keys = 1..3 key blocks, D = 96 = a full and a masked
     64-wide chunk."""
     with ava.force_launch(**launches):
-        assert all(ava.launch_candidates(r, step) == (launch,) for step, launch in launches.items())
+        assert all(ava.launch_candidates(step, r) == (launch,) for step, launch in launches.items())
         compare((2, 50, 33, 96, r), torch.float32, device)
         for step, launch in launches.items():  # what the autotuners actually ran
             ran = list(ava._KERNELS[step].cache.values())
@@ -200,23 +200,23 @@ def test_every_gpu_launch_candidate(r, launches, device):
 def test_launch_candidates(monkeypatch):
     """The interpreter runs one launch per step, the GPU its candidates (the first only with autotuning off), and
     force_launch overrides both and restores them."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert ava.launch_candidates(96, "attn_bwd") == (ava._INTERPRETER_LAUNCH[128]["attn_bwd"],)
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert ava.launch_candidates(96, "attn_bwd") == ava._GPU_LAUNCH[128]["attn_bwd"]
-    assert len(ava.launch_candidates(24, "attn_fwd")) > 1
+    monkeypatch.setattr(ava, "_interpreted", lambda: True)
+    assert ava.launch_candidates("attn_bwd", 96) == (ava._INTERPRETER_LAUNCH[128]["attn_bwd"],)
+    monkeypatch.setattr(ava, "_interpreted", lambda: False)
+    assert ava.launch_candidates("attn_bwd", 96) == ava._GPU_LAUNCH[128]["attn_bwd"]
+    assert len(ava.launch_candidates("attn_fwd", 24)) > 1
     monkeypatch.setenv("STGCMA_FAST_AUTOTUNE", "0")
-    assert ava.launch_candidates(96, "attn_bwd") == ava._GPU_LAUNCH[128]["attn_bwd"][:1]
+    assert ava.launch_candidates("attn_bwd", 96) == ava._GPU_LAUNCH[128]["attn_bwd"][:1]
     forced = ava._Launch(16, 16, 4, 1)
     with ava.force_launch(attn_bwd=forced):
-        assert ava.launch_candidates(48, "attn_bwd") == (forced,)
-        assert ava.launch_candidates(48, "down") == ava._GPU_LAUNCH[64]["down"][:1]
-    assert ava.launch_candidates(48, "attn_bwd") == ava._GPU_LAUNCH[64]["attn_bwd"][:1]
+        assert ava.launch_candidates("attn_bwd", 48) == (forced,)
+        assert ava.launch_candidates("down", 48) == ava._GPU_LAUNCH[64]["down"][:1]
+    assert ava.launch_candidates("attn_bwd", 48) == ava._GPU_LAUNCH[64]["attn_bwd"][:1]
     with pytest.raises(ValueError, match="expected steps among"):
         with ava.force_launch(attention=forced):
             pass
     with pytest.raises(ValueError, match="expected step in"):
-        ava.launch_candidates(48, "attention")
+        ava.launch_candidates("attention", 48)
 
 
 @pytest.mark.parametrize("a2v,v2a", [(True, True), (True, False), (False, True), (False, False)])
@@ -465,20 +465,37 @@ def test_launcher_raises_and_supports_refuses(dtype, over, reason):
 
 def test_supports_reasons(monkeypatch):
     ok = make_inputs(1, 17, 5, 64, 24, torch.float32, "cpu")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(ava, "_interpreted", lambda: True)
     assert ava.supports(*ok.values()) is None
     big = make_inputs(1, 3, 2, 64, 300, torch.float32, "cpu")
-    assert ava.supports(*big.values()) == f"r=300 > {ava.CAPABILITIES.max_r}"
+    assert ava.supports(*big.values()) == f"r=300 > {ava.MAX_BOTTLENECK}"
     bf16 = {k: v.to(torch.bfloat16) for k, v in ok.items()}
-    assert "dtype torch.bfloat16 not supported under the Triton interpreter" in ava.supports(*bf16.values())
+    wrong_dots = "dtype bfloat16 unsupported (the Triton interpreter computes bf16 tl.dot wrong)"
+    assert wrong_dots in ava.supports(*bf16.values())
     mixed = make_inputs(1, 17, 5, 64, 24, F16, "cpu", x_dtype=F32, w_dtype=F32)
     assert ava.supports(*mixed.values()) is None
     mixed_bf16 = make_inputs(1, 17, 5, 64, 24, BF16, "cpu", x_dtype=F32, w_dtype=F32)
-    assert "dtype torch.bfloat16 not supported under the Triton interpreter" in ava.supports(*mixed_bf16.values())
+    assert wrong_dots in ava.supports(*mixed_bf16.values())
     meta = {k: v.to("meta") for k, v in ok.items()}
-    assert "device meta not supported" in ava.supports(*meta.values())
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "device meta unsupported" in ava.supports(*meta.values())
+    monkeypatch.setattr(ava, "_interpreted", lambda: False)
     assert ava.supports(*ok.values()) == "device cpu needs TRITON_INTERPRET=1"
+
+
+def test_kernel_modules_share_one_capability_layout():
+    """The five kernel modules declare the same policy names (the dispatcher and the self-test read them), decide
+    the interpreter from their own kernels and refuse devices and dtypes with the one shared helper."""
+    import importlib
+
+    for name in ("av_adapter", "t_adapter", "temporal_attention", "quick_gelu", "layer_norm"):
+        mod = importlib.import_module(f"stgcma_fast.kernels.{name}")
+        assert mod.AUTO_DEVICES == ("cuda",) and mod.GPU_VALIDATED in (True, False), name
+        assert set(mod.INTERPRETER_DTYPES) >= {torch.float32, torch.float16, torch.float64}, name
+        assert set(mod.DTYPES) == {torch.float32, torch.float16, torch.bfloat16}, name
+        assert mod._interpreted() is True, name  # tests/conftest.py sets TRITON_INTERPRET=1 before the import
+        assert callable(mod.supports) and callable(mod.tolerance) and callable(mod.gpu_launch_sets), name
+        assert callable(mod.force_launch), name
+        assert "device_dtype_refusal" in vars(mod), name
 
 
 # ---------------------------------------------------------------------------------------------------------------
