@@ -155,3 +155,21 @@ def test_written_media_events_need_both_modalities(tmp_path) -> None:
             else:
                 seen["event"] += 1
     assert all(seen.values()), seen
+
+
+@pytest.mark.parametrize("branches", ["audio-visual", "video", "audio"])
+def test_small_settings_build_the_clip_shaped_model(branches: str) -> None:
+    from stgcma_fast import FastSTGCMA
+    from stgcma_fast.data.video import CLIP_MEAN
+    from stgcma_fast.tasks.ave.task import frame_settings, frontend_settings
+
+    cfg = SYNTHETIC_SMALL.model_config(branches)
+    assert cfg.branches == branches and cfg.num_frames == 10 and cfg.backbone.startswith("vit_base_patch16_clip")
+    model = FastSTGCMA(cfg)
+    assert model.img_size == (SYNTHETIC_SMALL.size,) * 2 and model.bottleneck == SYNTHETIC_SMALL.adapter
+    frames = frame_settings(model, (0.6, 1.0))
+    assert (frames.crop_size, frames.num_frames, frames.mean, frames.crop_scale) == (32, 10, CLIP_MEAN, (0.6, 1.0))
+    audio = frontend_settings(model)
+    assert (audio.target_frames, audio.num_mel_bins, audio.num_segments) == (48, 128, 10)
+    options = AveOptions(**SYNTHETIC_SMALL.task_options)
+    assert options.mixup_prob == 0.0 and not options.spec_augment
