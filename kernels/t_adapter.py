@@ -42,13 +42,12 @@ from stgcma_fast.flops import t_adapter_flops
 from stgcma_fast.kernels._common import (
     LaunchOverrides,
     acc_dtypes,
-    autotune_enabled,
+    autotune_kwargs,
     device_dtype_refusal,
     eager_autograd,
     ieee_dot_precision,
     interpreted,
     launch_sets,
-    quick_bench,
 )
 
 # Globals read inside @triton.jit functions must be tl.constexpr (the interpreter does not check this; the GPU does).
@@ -139,14 +138,8 @@ def launch_candidates(step: str, r: int, dot_precision: str, D: int) -> tuple[_L
     """What the kernel of ``step`` ("fwd", "bwd") may run for bottleneck ``r``, the kernels' ``DOT_PRECISION``
     ("ieee" for fp32 x) and width ``D``: the forced launch, the interpreter's one launch, or the GPU candidates whose D
     chunk is not wider than D needs (the first only when autotuning is off)."""
-    _OVERRIDES.check_step(step)
-    forced = _OVERRIDES.get(step)
-    if forced is not None:
-        return (forced,)
-    if _interpreted():
-        return (_INTERPRETER_LAUNCH,)
-    fit = _gpu_candidates(step, r, dot_precision, D)
-    return fit if autotune_enabled() else fit[:1]
+    return _OVERRIDES.candidates(step, _interpreted(), _INTERPRETER_LAUNCH,
+                                 lambda: _gpu_candidates(step, r, dot_precision, D))  # fmt: skip
 
 
 def _gpu_candidates(step: str, r: int, dot_precision: str, D: int) -> tuple[_Launch, ...]:
@@ -175,19 +168,11 @@ def _min_block_rows() -> int:
     return _MIN_BLOCK_R if forced is None else min(_MIN_BLOCK_R, forced.block_rows)
 
 
-def _pruner(step: str):
-    def prune(configs, named_args, **kwargs):
-        launches = launch_candidates(step, kwargs["BLOCK_r"], kwargs["DOT_PRECISION"], named_args["D"])
-        return [_config(launch) for launch in launches]
-
-    return prune
-
-
 def _autotune(step: str) -> dict:
-    launches = dict.fromkeys(launch for classes in _GPU_LAUNCH.values() for steps in classes.values()
-                             for launch in steps[step])  # fmt: skip
-    return dict(configs=[_config(launch) for launch in launches], key=["D", "BLOCK_r", "HAS_SCALE"],
-                prune_configs_by={"early_config_prune": _pruner(step)}, do_bench=quick_bench)  # fmt: skip
+    return autotune_kwargs(
+        (launch for classes in _GPU_LAUNCH.values() for steps in classes.values() for launch in steps[step]), _config,
+        ["D", "BLOCK_r", "HAS_SCALE"],
+        lambda args, meta: launch_candidates(step, meta["BLOCK_r"], meta["DOT_PRECISION"], args["D"]))
 
 
 # The backward writes one row of bias-gradient partial sums per row block, and the launcher sums ALL rows: on the GPU
