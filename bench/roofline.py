@@ -3,6 +3,7 @@ counted on fake tensors (:mod:`stgcma_fast.roofline`), so it runs on any machine
 
     python -m bench.roofline                  # tables to stdout, at the H100 SXM datasheet figures
     python -m bench.roofline --update-readme  # rewrite the README block between the roofline markers
+    python -m bench.roofline --swin           # the Swin presets' model forward (not in the README block yet)
 
 For each kernel case it compares the fused op with the op chain it replaces (the torch backend: the eager chain, or
 SDPA with its permute copies): at equal efficiency (the same share of bandwidth and tensor-core rate in every op)
@@ -40,6 +41,7 @@ START, END = "<!-- roofline:start -->", "<!-- roofline:end -->"
 DATASHEET = ("H100 SXM (datasheet)", 3.35e12, 989.4e12)
 BANDWIDTH_GOAL = 0.7  # the AV-Adapter forward's bandwidth target (share of measured HBM bandwidth)
 MODEL_PRESETS = ("clip-b16-base", "clip-l14-base")
+SWIN_PRESETS = ("swin-b-base", "swin-l-base")
 MODEL_BATCH = 8
 TRITON_BACKENDS = {op: "triton" for op, backends in REGISTRY.items() if any(b.name == "triton" for b in backends)}
 MODEL_PROVIDERS = {"reference": (ReferenceSTGCMA, {}), "fast": (FastSTGCMA, {}),
@@ -115,10 +117,10 @@ def kernel_table(bandwidth: float, flop_rate: float) -> str:
     return "\n".join(out)
 
 
-def model_table(bandwidth: float, flop_rate: float) -> str:
+def model_table(bandwidth: float, flop_rate: float, presets: Sequence[str] = MODEL_PRESETS) -> str:
     out = [f"| preset | provider | launches | GB moved | TFLOP | floor ms (batch {MODEL_BATCH}) | GEMM-only ms | "
            "floor vs reference |", "|---|---|---|---|---|---|---|---|"]
-    for preset in MODEL_PRESETS:
+    for preset in presets:
         ref = model_traffic(preset, "reference").seconds(bandwidth, flop_rate)
         for provider in MODEL_PROVIDERS:
             t = model_traffic(preset, provider)
@@ -197,9 +199,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--update-readme", action="store_true", help="rewrite the README's roofline block")
     parser.add_argument("--train-rows", action="store_true", help=argparse.SUPPRESS)  # JSON of train_rows()
+    parser.add_argument("--swin", action="store_true", help="print the Swin presets' model forward table only")
     args = parser.parse_args(argv)
     if args.train_rows:
         print(json.dumps(train_rows()))
+        return 0
+    if args.swin:
+        name, bandwidth, flop_rate = DATASHEET
+        print(f"**Model forward, Swin** (bf16 autocast, inference, {MODEL_BATCH} clips of 10 frames + 10 audio "
+              f"segments; floors at the {name} figures)\n")
+        print(model_table(bandwidth, flop_rate, SWIN_PRESETS))
         return 0
     text = render()
     print(text)
