@@ -35,13 +35,12 @@ from stgcma_fast.flops import temporal_attention_flops
 from stgcma_fast.kernels._common import (
     LaunchOverrides,
     acc_dtypes,
-    autotune_enabled,
+    autotune_kwargs,
     device_dtype_refusal,
     eager_autograd,
     ieee_dot_precision,
     interpreted,
     launch_sets,
-    quick_bench,
 )
 
 # Globals read inside @triton.jit functions must be tl.constexpr (the interpreter does not check this; the GPU does).
@@ -129,17 +128,12 @@ def launch_candidates(step: str, M: int, N: int, hd: int, dot_precision: str) ->
     ``DOT_PRECISION`` ("ieee" for fp32 qkv): the forced launch, the interpreter's one launch, or the GPU candidates
     whose blocks hold all BLOCK_M frames of a token (the first only when autotuning is off)."""
     _OVERRIDES.check_step(step)
-    blocks = _blocks(M, hd)
-    block_m = blocks["BLOCK_M"]
+    block_m = _blocks(M, hd)["BLOCK_M"]
     forced = _OVERRIDES.get(step)
-    if forced is not None:
-        if forced.rows < block_m:  # a block must hold every frame of its tokens
-            raise ValueError(f"forced {step} launch of {forced.rows} rows: fewer than the {block_m}-frame block")
-        return (forced,)
-    if _interpreted():
-        return (_Launch(min(_INTERPRETER_ROWS, max(16, block_m * triton.next_power_of_2(N))), 4),)
-    fit = _gpu_candidates(step, M, hd, dot_precision)
-    return fit if autotune_enabled() else fit[:1]
+    if forced is not None and forced.rows < block_m:  # a block must hold every frame of its tokens
+        raise ValueError(f"forced {step} launch of {forced.rows} rows: fewer than the {block_m}-frame block")
+    interpreter = _Launch(min(_INTERPRETER_ROWS, max(16, block_m * triton.next_power_of_2(N))), 4)
+    return _OVERRIDES.candidates(step, _interpreted(), interpreter, lambda: _gpu_candidates(step, M, hd, dot_precision))
 
 
 def _gpu_candidates(step: str, M: int, hd: int, dot_precision: str) -> tuple[_Launch, ...]:
@@ -164,21 +158,13 @@ def force_launch(**launches: _Launch):
     return _OVERRIDES.force(**launches)
 
 
-def _pruner(step: str):
-    def prune(configs, named_args, **kwargs):
-        launches = launch_candidates(step, named_args["M"], named_args["N"], named_args["hd"],
-                                     kwargs["DOT_PRECISION"])  # fmt: skip
-        return [_config(launch) for launch in launches]
-
-    return prune
-
-
 def _autotune(step: str) -> dict:
-    launches = dict.fromkeys(launch for classes in _GPU_LAUNCH.values() for steps in classes.values()
-                             for launch in steps[step])  # fmt: skip
+    # The backward's bias-gradient partial sums are summed whole by the launcher: each timed run starts from zeros.
     reset = {"reset_to_zero": ["DBIAS_PART"]} if step == "bwd" else {}
-    return dict(configs=[_config(launch) for launch in launches], key=["M", "N", "BLOCK_M", "BLOCK_HD", "HAS_BIAS"],
-                prune_configs_by={"early_config_prune": _pruner(step)}, do_bench=quick_bench, **reset)  # fmt: skip
+    return autotune_kwargs(
+        (launch for classes in _GPU_LAUNCH.values() for steps in classes.values() for launch in steps[step]), _config,
+        ["M", "N", "BLOCK_M", "BLOCK_HD", "HAS_BIAS"],
+        lambda args, meta: launch_candidates(step, args["M"], args["N"], args["hd"], meta["DOT_PRECISION"]), **reset)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -406,8 +392,8 @@ def temporal_attention_backward(
     out, lse = out.contiguous(), lse.contiguous()
     blocks = _blocks(M, hd)
     block_m = blocks["BLOCK_M"]
-    if bias is None:
-        bias_arg = dbias_part = lse  # dummy pointers (never read or written)
+    if bias is None:  # dummy pointers, never read or written; DBIAS_PART its own: the autotuner zeroes it
+        bias_arg, dbias_part = lse, torch.zeros(1, dtype=acc_torch, device=qkv.device)
     else:
         bias_arg = bias.contiguous()
         # One (BLOCK_M, BLOCK_M) partial sum per program, for the launch with the most programs (the fewest rows)

@@ -7,15 +7,15 @@ own device instead::
     stgcma-fast selftest            # or: python -c "from stgcma_fast.ops.selftest import selftest; selftest()"
 
 runs every kernel forward AND backward in bf16, fp16 and fp32 against the fp64 evaluation of
-:mod:`stgcma_fast.ops.torch_ops` on the same values (every output and every input gradient, random upstream
-gradients), with each kernel module's own ``tolerance`` (the table its test suite uses), and records the kernels
-that passed every check in ``$STGCMA_FAST_CACHE/validated_kernels.json`` (default ``~/.cache/stgcma_fast``), written
-atomically. On a GPU it checks the shapes of every preset's block class (ViT-B/16 Base r = 96, ViT-L/14 Base r =
-64 at D = 1024 with 257 / 64 tokens, the Tiny r = 24; temporal attention at 10 frames of head dim 64; QuickGELU at
-the B/16 and L/14 FFN widths, LayerNorm at their widths, also as under autocast: fp32 in, 16-bit out) and, since the
-autotuner may pick any of a kernel's launch candidates in a training run, every candidate (each kernel module's
-``gpu_launch_sets``, forced one set at a time): a few minutes, most of it compiling. The record is keyed by a
-fingerprint: GPU name and compute capability, torch, triton and stgcma-fast versions and a hash of the kernel
+:mod:`stgcma_fast.ops.torch_ops` on the same values (every output and every input gradient, random upstream gradients),
+with each kernel module's own ``tolerance`` (the table its test suite uses), and records the kernels that passed every
+check in ``$STGCMA_FAST_CACHE/validated_kernels.json`` (default ``~/.cache/stgcma_fast``), written atomically. On a GPU
+it checks the shapes of every preset's block class (ViT-B/16 Base r = 96, ViT-L/14 Base r = 64 at D = 1024 with 257 / 64
+tokens, the Tiny r = 24; temporal attention at 10 frames of head dim 64, and of head dim 32 with Swin's temporal
+position bias; QuickGELU at the B/16 and L/14 FFN widths, LayerNorm at their widths, also as under autocast: fp32 in,
+16-bit out) and, since the autotuner may pick any of a kernel's launch candidates in a training run, every candidate
+(each kernel module's ``gpu_launch_sets``, forced one set at a time): a few minutes, most of it compiling. The record is
+keyed by a fingerprint: GPU name and compute capability, torch, triton and stgcma-fast versions and a hash of the kernel
 sources, so a driver-stack, library or kernel change asks for a new self-test.
 ``Dispatcher`` (one per model) reads the record for the current CUDA device when it is built and then picks the
 recorded kernels automatically (``model.backends()`` shows it); nothing else changes.
@@ -55,7 +55,8 @@ _GPU_SHAPES = {
     "av_adapter": [dict(G=4, N_v=197, N_a=49, D=768, r=96), dict(G=2, N_v=257, N_a=64, D=1024, r=64),
                    dict(G=4, N_v=197, N_a=49, D=768, r=24)],
     "t_adapter": [dict(R=2 * 197, D=768, r=96), dict(R=2 * 257, D=1024, r=64), dict(R=2 * 197, D=768, r=24)],
-    "temporal_attention": [dict(B=2, M=10, N=197, H=12, hd=64)],
+    "temporal_attention": [dict(B=2, M=10, N=197, H=12, hd=64),
+                           dict(B=2, M=10, N=784, H=8, hd=32, bias=1)],  # Swin-B stage 2, temporal position bias
     "quick_gelu": [dict(R=2 * 197, C=3072), dict(R=257, C=4096)],
     "layer_norm": [dict(R=2 * 197, C=768), dict(R=257, C=1024), dict(R=2 * 197, C=768, autocast=1)],
 }  # fmt: skip
@@ -115,7 +116,16 @@ def _inputs(op: str, shape: dict[str, int], dtype: torch.dtype, device: torch.de
         x = (torch.randn(shape["R"], C, generator=g, dtype=torch.float64) * 2.0).to(device, in_dtype)
         return [x], {**affine, "eps": 1e-5} | ({"out_dtype": dtype} if mix else {})
     B, M, N, H, hd = (shape[k] for k in ("B", "M", "N", "H", "hd"))
-    return [rn(B, M, N, 3 * H * hd)], {"num_heads": H, "scale": hd**-0.5}
+    bias = [rn(H, M, M)] if shape.get("bias") else []  # an input with a gradient: see _signature
+    return [rn(B, M, N, 3 * H * hd), *bias], {"num_heads": H, "scale": hd**-0.5}
+
+
+def _signature(op: str, shape: dict[str, int]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """How to call ``op``'s functions with every tensor input positional (as ``_run`` does): temporal attention
+    with a bias takes it after ``num_heads`` and ``scale``."""
+    if op == "temporal_attention" and shape.get("bias"):
+        return lambda fn: lambda qkv, bias, num_heads, scale: fn(qkv, num_heads, scale, bias)
+    return lambda fn: fn
 
 
 def _outputs(result: Any) -> list[torch.Tensor]:
@@ -156,16 +166,17 @@ def check_op(op: str, dtype: torch.dtype, device: str | torch.device, shape: dic
                  launch=launch)
     g = torch.Generator().manual_seed(seed)
     tensors, kwargs = _inputs(op, shape, dtype, device, g)
-    reason = module.supports(*tensors, **kwargs)
+    call = _signature(op, shape)
+    reason = call(module.supports)(*tensors, **kwargs)
     if reason is not None:
         return Check(op, **label, max_error=float("inf"), atol=atol, rtol=rtol, passed=False, error=reason)
-    reference = getattr(torch_ops, op)
+    reference = call(getattr(torch_ops, op))
     with torch.no_grad():
         shapes = [o.shape for o in _outputs(reference(*(t.double() for t in tensors), **_cast(kwargs, torch.float64)))]
     upstream = [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in shapes]
     try:
         with module.force_launch(**(launches or {})):
-            actual = _run(fn or getattr(module, op), tensors, kwargs, upstream)
+            actual = _run(call(fn or getattr(module, op)), tensors, kwargs, upstream)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
     except Exception as exc:  # a kernel that does not compile or launch on this GPU fails its check

@@ -181,6 +181,18 @@ def test_temporal_attention(layout, device, monkeypatch):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_temporal_attention_with_bias(layout, device, monkeypatch):
+    """Swin's temporal position bias (H, M, M) in a padded view too; its gradient partial sums are a launcher
+    scratch tensor between guards."""
+    B, M, N, H, hd = 2, 3, 5, 2, 8
+    g = torch.Generator().manual_seed(4)
+    inputs = {"qkv": _randn(g, device, B, M, N, 3 * H * hd), "num_heads": H, "scale": hd**-0.5,
+              "bias": _randn(g, device, H, M, M)}
+    check_padded_run(temporal_attention, temporal_attention.temporal_attention, inputs,
+                     [_randn(g, device, B, M, N, H * hd)], ("qkv", "bias"), layout, monkeypatch)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_quick_gelu(layout, device, monkeypatch):
     g = torch.Generator().manual_seed(2)
     shape = (3, 5, 40)

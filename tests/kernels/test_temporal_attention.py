@@ -459,3 +459,16 @@ def test_bias_that_does_not_fit_is_refused(bias, reason):
 def test_gpu_bias_parity_at_swin_shapes(H, N, dtype):
     """Swin-B / Swin-L stages: 2 clips of 10 frames, head dim 32, the fp32 bias table of the training mix."""
     compare_biased(make_qkv(2, 10, N, H, 32, dtype, "cuda"), make_bias(H, 10, torch.float32).cuda(), H, dtype)
+
+
+def test_selftest_checks_the_bias_path(device):
+    """``stgcma-fast selftest`` runs the Swin shape with the bias (its GPU list has one): the check passes in the
+    interpreter, and a kernel that ignores the bias fails it."""
+    from stgcma_fast.ops import selftest
+
+    shape = dict(B=1, M=10, N=3, H=4, hd=32, bias=1)
+    assert any(s.get("bias") for s in selftest._GPU_SHAPES["temporal_attention"])
+    assert selftest.check_op("temporal_attention", torch.float32, device, shape).passed
+    ignores_bias = lambda qkv, num_heads, scale, bias: kernel.temporal_attention(qkv, num_heads, scale)  # noqa: E731
+    check = selftest.check_op("temporal_attention", torch.float32, device, shape, fn=ignores_bias)
+    assert not check.passed, check
