@@ -96,3 +96,76 @@ def _bench(benchmark, op: str, shape: str, provider: str, mode: str) -> None:
     run_benchmark(benchmark, step(fn, args, mode), bytes_moved=floor.bytes, flops=floor.flops or None, op=op,
                   provider=provider, mode=mode, shape=shape, dtype=str(DTYPE), dims=d,
                   floor_ops=[[o.bytes, o.flops] for o in floor.ops], device_timer=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The global AV-Adapter of a Swin stage 1: the whole 56 x 56 map, N = 3,136 tokens per frame each side, r = 32, C =
+# 128 (Swin-B Base), where an N x N score matrix per frame is 39 MB in fp32. Providers: "eager", the plain matmul +
+# softmax chain (which holds the scores), the torch backend (SDPA with a head axis: fused, tiled) and the Triton
+# kernel (streamed). On CPU a 28 x 28 map of one frame keeps the case CI-sized (eager chain and torch backend; the
+# Triton kernel would run in the interpreter); the largest tensor any aten op returns is recorded next to the time
+# (CPU peak memory is not measured by the harness).
+GLOBAL_AVA = {"swin-b-stage1": dict(G=80, N=3136, D=128, r=32, gpu=True),
+              "swin-b-stage1-cpu": dict(G=1, N=784, D=128, r=32, gpu=False)}  # fmt: skip
+
+
+def _plain_av_adapter(u_v, u_a, x_v, x_a, wdv, bdv, wuv, buv, wda, bda, wua, bua, alpha, beta):
+    """The AV-Adapter as the eager chain of its equations (both N_v x N_a score matrices in memory)."""
+    F = torch.nn.functional
+    h_v, h_a = F.gelu(F.linear(u_v, wdv, bdv)), F.gelu(F.linear(u_a, wda, bda))
+    hv = h_v + alpha * torch.softmax(h_v @ h_a.transpose(-1, -2), -1) @ h_a
+    ha = h_a + beta * torch.softmax(h_a @ h_v.transpose(-1, -2), -1) @ h_v
+    return x_v + u_v + F.linear(hv, wuv, buv), x_a + u_a + F.linear(ha, wua, bua)
+
+
+def _largest_output(fn) -> int:
+    """Elements of the largest tensor any aten op returns during ``fn()``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    Largest.numel = max(Largest.numel, t.numel())
+            return out
+
+    with Largest():
+        fn()
+    return Largest.numel
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", ["eager", "torch-backend", "triton"])  # "eager": the report's speed-up base
+@pytest.mark.parametrize("shape", list(GLOBAL_AVA))
+def test_global_av_adapter(benchmark, shape, provider, mode):
+    from stgcma_fast.flops import av_adapter_flops
+
+    d = GLOBAL_AVA[shape]
+    if d["gpu"] != HAS_CUDA:
+        pytest.skip(GPU_ONLY if d["gpu"] else CPU_ONLY)
+    G, N, D, r = d["G"], d["N"], d["D"], d["r"]
+    grad = mode == "fwd+bwd"
+
+    def make(*shape):
+        return (0.5 * torch.randn(shape, device=DEVICE)).to(DTYPE).requires_grad_(grad)
+
+    w = lambda: (make(r, D), make(r), make(D, r), make(D))  # noqa: E731
+    args = (make(G, N, D), make(G, N, D), make(G, N, D), make(G, N, D), *w(), *w(), make(), make())
+    fn = {"eager": _plain_av_adapter, "torch-backend": torch_ops.av_adapter}.get(provider)
+    if fn is None and not HAS_CUDA:
+        pytest.skip("the Triton kernel runs in the interpreter on CPU (seconds per call at 784 tokens): a GPU case; "
+                    "its CPU parity is tests/kernels/test_av_adapter.py")
+    if fn is None:
+        fn = _call(_provider("av_adapter", provider), "av_adapter", args)
+    run = step(fn, args, mode)
+    largest = _largest_output(run) if not HAS_CUDA else None
+    flops = av_adapter_flops(G, N, N, D, r, 2, backward=False) + (av_adapter_flops(G, N, N, D, r, 2, backward=True)
+                                                                   if grad else 0)  # fmt: skip
+    run_benchmark(benchmark, run, flops=flops, op="av_adapter-global", provider=provider, mode=mode, shape=shape,
+                  dtype=str(DTYPE), dims=d, device_timer=True)
+    if largest is not None:
+        benchmark.extra_info["largest_tensor_mib"] = largest * torch.finfo(DTYPE).bits / 8 / 2**20
+        benchmark.extra_info["n_by_n_mib"] = G * N * N * torch.finfo(DTYPE).bits / 8 / 2**20
