@@ -149,7 +149,7 @@ def make_synthetic_ave(
     synth_ave(tmp, s.clips, codec=s.codec, seed=seed, size=s.size, fps=s.fps, num_classes=s.num_events,
               distractor_prob=s.distractor_prob, splits=s.splits, full_event_prob=s.full_event_prob,
               progress=progress)
-    report = prepare_audio(tmp, check_video=True, workers=min(2, os.cpu_count() or 1))
+    report = prepare_audio(tmp, check_video=True)  # in this process: a forked pool can deadlock after torch ran
     if report.failed:
         raise RuntimeError(f"the synthetic AVE set failed its own preparation: {report}")
     (tmp / MARKER).write_text(json.dumps(params, indent=1), encoding="utf-8")
