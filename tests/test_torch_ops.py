@@ -183,26 +183,34 @@ def test_global_av_adapter_at_3136_tokens_never_holds_n_by_n(fn, holds_scores):
 
 
 _PEAK_SCRIPT = """
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {tests!r})
 from test_torch_ops import _av_args, _plain_av_adapter
 from stgcma_fast.ops import torch_ops
+
+
+def status(field):  # kB, from /proc/self/status (VmHWM: this process's peak resident set since the last reset)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+
 torch.set_num_threads(1)
 fn = torch_ops.av_adapter if sys.argv[1] == "torch" else _plain_av_adapter
 fn(*_av_args(1, 64, 64, 128, 32))  # warm up (allocator, kernels) before measuring
 args = _av_args(1, 3136, 3136, 128, 32)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current resident set
+base = status("VmRSS")
 out_v, out_a = fn(*args)
 (out_v.sum() + out_a.sum()).backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+print((status("VmHWM") - base) * 1024)
 """
 
 
 def test_global_av_adapter_peak_memory_in_a_fresh_process():
     """Peak resident memory of one frame's forward + backward at N = 3,136 in a fresh process (torch's CPU allocator
-    is invisible to tracemalloc; ru_maxrss sees everything): the torch backend stays below two fp32 N x N matrices
-    (39 MB each; it measures 0.5 to 0.7 of one: a few dozen (N, C) activations and gradients, and allocator
-    slack), the plain chain needs more than four (6.4: scores, probabilities and their gradients both ways)."""
+    is invisible to tracemalloc; the process's peak resident set VmHWM, reset just before the call, sees everything;
+    not ru_maxrss, which keeps the forked pytest parent's peak across exec): the torch backend stays below two fp32
+    N x N matrices (39 MB each; it measures about half of one: a few dozen (N, C) activations and gradients, and
+    allocator slack), the plain chain needs more than four (scores, probabilities and their gradients both ways)."""
     import subprocess
     import sys
     from pathlib import Path
