@@ -87,9 +87,42 @@ class FastSTGCMA(STGCMABase):
         if layouts - {GlobalAttention.__name__, ShiftedWindows.__name__}:
             raise NotImplementedError(f"FastSTGCMA runs spatial attention layouts GlobalAttention and ShiftedWindows,"
                                       f" got {layouts}")
+        self._init_window_orders()
         act = self.arch.block_parts(0).mlp.act
         self._quick_gelu = isinstance(act, TimmQuickGELU)  # CLIP's: a dispatched op (fused kernel or lean torch)
         self._lean_act = lean_activation(act)
+
+    # ---------------------------------------------------------------- window orders (Swin)
+    def _init_window_orders(self) -> None:
+        """Swin: inside a stage the fast path keeps each modality's tokens in the window order of the current block
+        (:meth:`ShiftedWindows.order`), so the window attention and the per-window AV-Adapter read windows as plain
+        views and no block cuts or reassembles windows. Everything else in a block is per token (norms, GEMMs,
+        adapters, the temporal pass) or over all the tokens of a frame (the global AV-Adapter, whose parameter-free
+        attention does not depend on their order). Non-persistent index buffers: ``_order_in_{i}`` regathers the
+        tokens before block i where its window order differs from the previous block's (or from row-major at the
+        start of a stage), ``_order_out_{s}`` restores row-major order at the end of stage s (for the stage map and
+        the patch merging); None where nothing moves."""
+        device = self.arch.patch_weight.device
+        for stage in self.arch.stages:
+            prev = None  # the order the tokens are in: None = row-major, else the layout whose window order it is
+            for i in stage.blocks:
+                layout = self.arch.block_parts(i).layout
+                target = layout if isinstance(layout, ShiftedWindows) and not layout.row_major else None
+                self._set_index(f"_order_in_{i}", _reorder_index(prev, target, device))
+                prev = target
+            self._set_index(f"_order_out_{stage.index}", _reorder_index(prev, None, device))
+
+    def _set_index(self, name: str, index: torch.Tensor | None) -> None:
+        if name in self._buffers:
+            self._buffers[name] = index
+        else:
+            self.register_buffer(name, index, persistent=False)
+
+    def to_empty(self, *, device: torch.device | str | None, recurse: bool = True) -> FastSTGCMA:
+        """``nn.Module.to_empty``; the backbone's and the window orders' non-persistent buffers are recomputed."""
+        super().to_empty(device=device, recurse=recurse)
+        self._init_window_orders()
+        return self
 
     # ---------------------------------------------------------------- backends
     def set_backend(self, op: str, name: str | None) -> None:
@@ -174,45 +207,36 @@ class FastSTGCMA(STGCMABase):
 
     def _window_mhsa_core(self, i: int, qkv_w: torch.Tensor, qkv_b: torch.Tensor | None,
                           x: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """Swin: LN1 -> shift and cut into windows -> qkv -> W-MSA / SW-MSA with the frozen relative-position bias
-        and shift mask; (B * M * nW, area, D) window-fastest, before the output projection."""
+        """Swin, x (B, M, N, D) in block i's window order: LN1 -> qkv -> W-MSA / SW-MSA with the frozen
+        relative-position bias and shift mask over the windows (a view); (B * M * nW, area, D) before the output
+        projection."""
         p = self.arch.block_parts(i)
         layout: ShiftedWindows = p.layout
         B, M, N, D = x.shape
-        z = layout.partition(self._norm(p.norm1, x))  # (B*M, nW, area, D), LayerNorm commutes with the shift
-        qkv = F.linear(z, qkv_w, qkv_b).view(B * M * layout.num_windows, layout.area, -1)
+        qkv = F.linear(self._norm(p.norm1, x), qkv_w, qkv_b).view(B * M * layout.num_windows, layout.area, -1)
         bias, mask = self.arch.attention_bias(i), self.arch.attention_mask(i)
         return self.ops("spatial_attention", qkv, p.num_heads, p.scale, bias, mask)
 
     def _spatial_mhsa(self, i: int, w: FrozenWeights, x: torch.Tensor) -> torch.Tensor:
-        """The frozen spatial attention of block i on x (B, M, N, D): (B, M, N, D) for a whole frame (ViT); Swin:
-        (B * M, nW, area, D), in the shifted-window layout (the caller reverses it)."""
-        layout = self.arch.block_parts(i).layout
-        if isinstance(layout, ShiftedWindows):
-            o = self._segment("attention", self._window_mhsa_core, i, *w.qkv, x)  # (B*M*nW, area, D)
-            B, M = x.shape[:2]
-            return self.arch.block_parts(i).ls1(F.linear(o, *w.proj)).view(B * M, layout.num_windows, layout.area,
-                                                                           -1)  # fmt: skip
-        o = self._segment("attention", self._spatial_mhsa_core, i, *w.qkv, x)  # (B*M, N, D)
+        """The frozen spatial attention of block i on x (B, M, N, D) -> (B, M, N, D): over all the tokens of a frame
+        (ViT), or (Swin, x in the block's window order) within each window."""
+        windows = isinstance(self.arch.block_parts(i).layout, ShiftedWindows)
+        core = self._window_mhsa_core if windows else self._spatial_mhsa_core
+        o = self._segment("attention", core, i, *w.qkv, x)  # (B*M, N, D) or (B*M*nW, area, D)
         return self.arch.block_parts(i).ls1(F.linear(o, *w.proj)).view_as(x)
 
     def _spatial_cross_modal(self, i: int, ad: BlockAdapters, s_v: torch.Tensor | None, s_a: torch.Tensor | None,
                              x_v: torch.Tensor | None, x_a: torch.Tensor | None):  # fmt: skip
-        """x + s + AVA_S(s_v, s_a). Swin: s is in the shifted-window layout; the AV-Adapter pairs video window w of
-        frame m with audio window w of segment m, so the residual is cut into the same windows and the result
-        reversed; without the cross-attention (stage off or one branch) everything is per token: s is reversed."""
+        """x + s + AVA_S(s_v, s_a). Swin (tokens in the block's window order): the AV-Adapter pairs video window w
+        of frame m with audio window w of segment m, each a view of nW consecutive groups of ``area`` tokens."""
         layout = self.arch.block_parts(i).layout
         av = ad.spatial
-        if not isinstance(layout, ShiftedWindows):
-            return self._cross_modal(ad, "spatial", av, s_v, s_a, x_v, x_a)
-        if av is None or x_v is None or x_a is None:
-            B = (x_v if x_v is not None else x_a).shape[0]
-            s_v = layout.reverse(s_v, B) if s_v is not None else None
-            s_a = layout.reverse(s_a, B) if s_a is not None else None
-            return self._cross_modal(ad, "spatial", av, s_v, s_a, x_v, x_a)
-        B = x_v.shape[0]
-        out_v, out_a = self._cross_modal(ad, "spatial", av, s_v, s_a, layout.partition(x_v), layout.partition(x_a))
-        return layout.reverse(out_v, B), layout.reverse(out_a, B)
+        if not isinstance(layout, ShiftedWindows) or av is None or x_v is None or x_a is None:
+            return self._cross_modal(ad, "spatial", av, s_v, s_a, x_v, x_a)  # whole frame, or per token
+        B, M, N, D = x_v.shape
+        win = lambda t: t.view(B * M, layout.num_windows, layout.area, D)  # noqa: E731
+        out_v, out_a = self._cross_modal(ad, "spatial", av, win(s_v), win(s_a), win(x_v), win(x_a))
+        return out_v.view_as(x_v), out_a.view_as(x_a)
 
     def _norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A block's frozen LayerNorm on the residual stream x through the dispatcher, its output in the dtype the
@@ -286,16 +310,37 @@ class FastSTGCMA(STGCMABase):
                 x_v = arch.downsample(stage, x_v) if x_v is not None else None
                 x_a = arch.downsample(stage, x_a) if x_a is not None else None
             for i in stage.blocks:
+                order = getattr(self, f"_order_in_{i}")  # into block i's window order (Swin), where it changes
+                x_v, x_a = _reorder(x_v, order), _reorder(x_a, order)
                 if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                     x_v, x_a = checkpoint(self._block, i, x_v, x_a, use_reentrant=False)
                 else:
                     x_v, x_a = self._block(i, x_v, x_a)
+            order = getattr(self, f"_order_out_{stage.index}")
+            x_v, x_a = _reorder(x_v, order), _reorder(x_a, order)
             stages_v.append(x_v)
             stages_a.append(x_a)
         x_v = arch.final_norm(x_v) if x_v is not None else None
         x_a = arch.final_norm(x_a) if x_a is not None else None
         stages_v[-1], stages_a[-1] = x_v, x_a
         return self.collect_output(x_v, x_a, stages_v, stages_a)
+
+
+def _reorder_index(cur: ShiftedWindows | None, target: ShiftedWindows | None,
+                   device: torch.device) -> torch.Tensor | None:  # fmt: skip
+    """The gather index taking tokens from ``cur``'s window order to ``target``'s (None: row-major), or None when
+    the two orders are the same: x_target = x_cur[:, :, index]."""
+    if cur == target:
+        return None
+    if cur is None:
+        return target.order(device)
+    inverse = torch.argsort(cur.order(device))  # row-major index -> position in cur's order
+    return inverse if target is None else inverse[target.order(device)]
+
+
+def _reorder(x: torch.Tensor | None, index: torch.Tensor | None) -> torch.Tensor | None:
+    """x (B, M, N, D) with its tokens gathered by ``index`` (N,) (one copy), or x itself when index is None."""
+    return x if x is None or index is None else x.index_select(2, index)
 
 
 def build_model(config: STGCMAConfig | str, **kwargs) -> FastSTGCMA:

@@ -279,3 +279,23 @@ def test_meta_model_materialised_with_to_empty_computes_like_a_built_one(impl):
     assert torch.equal(blk.attn.relative_position_index, ref.attn.relative_position_index)
     video, audio = inputs(cfg)
     assert torch.equal(model.eval()(video, audio).video_tokens, built(video, audio).video_tokens)
+
+
+@pytest.mark.parametrize("grid, window, shift", [((8, 8), (4, 4), (0, 0)), ((8, 8), (4, 4), (2, 2)),
+                                                 ((14, 14), (7, 7), (3, 3)), ((4, 4), (4, 4), (0, 0))])
+def test_window_order_is_the_partition_of_the_token_indices(grid, window, shift):
+    from stgcma_fast.backbones import ShiftedWindows
+
+    layout = ShiftedWindows(grid=grid, window=window, shift=shift)
+    x = torch.randn(2, 3, grid[0] * grid[1], 5)
+    assert torch.equal(x[:, :, layout.order()].view(6, layout.num_windows, layout.area, 5), layout.partition(x))
+    assert torch.equal(layout.reverse(layout.partition(x), 2), x)
+    assert layout.row_major == torch.equal(layout.order(), torch.arange(grid[0] * grid[1]))
+
+
+def test_fast_model_regathers_tokens_only_where_the_window_order_changes():
+    """Stage 0 (8 x 8, window 4): into block 0's windows, into block 1's shifted windows, back to row-major; stages
+    1 and 2 (one window each, no shift): nothing moves."""
+    model = FastSTGCMA(swin_config())
+    moves = {name for name, b in model.named_buffers() if name.startswith("_order_") and b is not None}
+    assert moves == {"_order_in_0", "_order_in_1", "_order_out_0"}

@@ -76,6 +76,17 @@ class ShiftedWindows:
         """Tokens per window."""
         return self.window[0] * self.window[1]
 
+    @property
+    def row_major(self) -> bool:
+        """Whether the window order of the tokens is the row-major order itself (no shift, windows of whole rows)."""
+        return self.shift == (0, 0) and self.window[1] == self.grid[1]
+
+    def order(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(N,) int64: the row-major index of the token at each position of the window order (window by window,
+        row-major within a window, after the shift): ``partition(x)`` is ``x[:, :, order]`` viewed as windows."""
+        H, W = self.grid
+        return self.partition(torch.arange(H * W, device=device).view(1, 1, H * W, 1)).reshape(H * W)
+
     def partition(self, x: torch.Tensor) -> torch.Tensor:
         """(B, M, N, C) tokens of the (H, W) map -> (B * M, nW, area, C): shifted, cut into windows (a copy)."""
         B, M, N, C = x.shape
