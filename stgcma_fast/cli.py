@@ -26,13 +26,16 @@ from .train.cli import add_train_commands
 
 # A CLIP-shaped ViT (QuickGELU, pre-norm, 16 x 16 patches, class token) small enough to train on a laptop CPU.
 CPU_DEMO_BACKBONE = {"img_size": 112, "embed_dim": 192, "depth": 4, "num_heads": 3}
+# A Swin of the same shape family (4 stages, window 7) small enough for a CPU: 112 px gives 28/14/7/7... maps.
+CPU_DEMO_SWIN = {"img_size": 112, "embed_dim": 32, "depths": (2, 2, 2, 2), "num_heads": (1, 2, 4, 8)}
 
 
 def _demo_config(args: argparse.Namespace, device: torch.device) -> STGCMAConfig:
     full = args.size == "full" or (args.size == "auto" and device.type == "cuda")
     overrides = {"num_frames": args.frames}
     if not full:
-        overrides["backbone_kwargs"] = CPU_DEMO_BACKBONE
+        swin = STGCMAConfig.preset(args.preset).family == "swin"
+        overrides["backbone_kwargs"] = CPU_DEMO_SWIN if swin else CPU_DEMO_BACKBONE
     return STGCMAConfig.preset(args.preset, **overrides)
 
 
@@ -62,7 +65,7 @@ def demo(args: argparse.Namespace) -> int:
     cfg = _demo_config(args, device)
     num_classes = 29
     model = FastSTGCMA(cfg, pretrained=False, head=None).to(device)  # randomly initialised: no downloads
-    model.head = AVEHead(model.embed_dim, num_classes=num_classes).to(device)
+    model.head = AVEHead(model.num_features, num_classes=num_classes).to(device)
     print(f"STG-CMA demo on {device}: backbone {cfg.backbone} {cfg.backbone_kwargs or '(full size)'}, "
           f"adapter {cfg.adapter!r} (r = {model.bottleneck}), {cfg.num_frames} frames")
     print(model.param_report())

@@ -143,10 +143,13 @@ def frame_settings(model: STGCMABase, crop_scale: tuple[float, float] = (0.08, 1
 
 def frontend_settings(model: STGCMABase, mean: float = AVE_FBANK_MEAN, std: float = AVE_FBANK_STD
                       ) -> AudioFrontEndSettings:
-    """The ViT front end for ``model``: (T, F) = ``config.audio_size``, K = M one-second segments."""
+    """The front end for ``model``: the ViT setting (10 ms shift) or, for a Swin backbone, the Swin setting (4.4 ms
+    shift: a one-second slice gives 223 frames, zero-padded to 224); (T, F) = ``config.audio_size``, K = M
+    one-second segments."""
     t, f = model.config.audio_size
-    return AudioFrontEndSettings.vit(target_frames=t, num_mel_bins=f, num_segments=model.config.num_frames,
-                                     mean=float(mean), std=float(std))
+    make = AudioFrontEndSettings.swin if model.config.family == "swin" else AudioFrontEndSettings.vit
+    return make(target_frames=t, num_mel_bins=f, num_segments=model.config.num_frames, mean=float(mean),
+                std=float(std))
 
 
 @register_task
