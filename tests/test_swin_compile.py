@@ -38,6 +38,7 @@ def test_swin_fullgraph_compile_in_training_with_recomputation():
 
     from stgcma_fast import FastSTGCMA
 
+    torch._dynamo.reset()  # a graph traced earlier in the session (tests/test_compile.py) must not be reused here
     cfg = swin_config(drop_path_rate=0.0)
     _, plain = model_pair(cfg, std=0.1, dtype=torch.float32)
     lean = FastSTGCMA(cfg, recompute=("attention", "ffn"))
